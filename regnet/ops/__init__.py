@@ -1,0 +1,33 @@
+"""Differentiable registration primitives.
+
+Each op is one public function backed by a ``torch.autograd.Function`` with a hand-written
+backward, computed by a backend chosen per call (see :mod:`regnet.ops._backend`).
+
+Conventions (see ``docs/conventions.md``): images ``(B, C, *spatial)``; displacement and
+velocity fields ``(B, ndim, *spatial)`` in voxels, channel ``i`` along spatial axis ``i``,
+pull convention ``warped(x) = moving(x + u(x))``; sampling grids and ``theta`` exactly as
+``torch.nn.functional.grid_sample`` / ``affine_grid``.
+"""
+
+from regnet.ops._backend import get_backend, set_backend
+from regnet.ops.affine import affine_grid, affine_transform, compose_affine
+from regnet.ops.compose import compose
+from regnet.ops.exp import exp
+from regnet.ops.gaussian import gaussian_smooth
+from regnet.ops.grid_sample import grid_sample
+from regnet.ops.jacobian import jacobian_det
+from regnet.ops.warp import warp
+
+__all__ = [
+    "affine_grid",
+    "affine_transform",
+    "compose",
+    "compose_affine",
+    "exp",
+    "gaussian_smooth",
+    "get_backend",
+    "grid_sample",
+    "jacobian_det",
+    "set_backend",
+    "warp",
+]

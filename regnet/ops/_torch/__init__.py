@@ -1,0 +1,22 @@
+"""Vectorised PyTorch reference backend: runs on any device and is the oracle for the
+Triton kernels. Every backend namespace exposes these same functions."""
+
+from regnet.ops._torch.affine import compose_affine_backward, compose_affine_forward
+from regnet.ops._torch.gaussian import gaussian_smooth_backward, gaussian_smooth_forward
+from regnet.ops._torch.jacobian import jacobian_det_backward, jacobian_det_forward
+from regnet.ops._torch.sampling import (
+    affine_grid_backward,
+    affine_grid_forward,
+    affine_transform_backward,
+    affine_transform_forward,
+    compose_backward,
+    compose_forward,
+    exp_backward,
+    exp_forward,
+    grid_sample_backward,
+    grid_sample_forward,
+    warp_backward,
+    warp_forward,
+)
+
+NAME = "torch"

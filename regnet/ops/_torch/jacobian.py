@@ -1,0 +1,66 @@
+"""Reference backend for ``jacobian_det``: ``det(I + grad u)`` of a voxel-unit DDF.
+
+Derivatives are those of ``numpy.gradient(edge_order=1)``: central differences inside,
+one-sided differences on the first and last voxel of each axis.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def diff(f: torch.Tensor, dim: int) -> torch.Tensor:
+    """Derivative of ``f`` along ``dim`` (unit spacing), as ``numpy.gradient``."""
+    n = f.shape[dim]
+    out = torch.empty_like(f)
+    out.narrow(dim, 1, n - 2).copy_((f.narrow(dim, 2, n - 2) - f.narrow(dim, 0, n - 2)) / 2)
+    out.narrow(dim, 0, 1).copy_(f.narrow(dim, 1, 1) - f.narrow(dim, 0, 1))
+    out.narrow(dim, n - 1, 1).copy_(f.narrow(dim, n - 1, 1) - f.narrow(dim, n - 2, 1))
+    return out
+
+
+def diff_transpose(g: torch.Tensor, dim: int) -> torch.Tensor:
+    """Adjoint of ``diff`` along ``dim``: ``<diff(f), g> == <f, diff_transpose(g)>``."""
+    n = g.shape[dim]
+    out = torch.zeros_like(g)
+    half = g.narrow(dim, 1, n - 2) / 2
+    out.narrow(dim, 2, n - 2).add_(half)
+    out.narrow(dim, 0, n - 2).sub_(half)
+    first, last = g.narrow(dim, 0, 1), g.narrow(dim, n - 1, 1)
+    out.narrow(dim, 0, 1).sub_(first)
+    out.narrow(dim, 1, 1).add_(first)
+    out.narrow(dim, n - 1, 1).add_(last)
+    out.narrow(dim, n - 2, 1).sub_(last)
+    return out
+
+
+def _jacobian(ddf):
+    """``J[i][j] = delta_ij + d u_i / d x_j`` as nested lists of ``(B, *spatial)`` tensors."""
+    ndim = ddf.shape[1]
+    return [[diff(ddf[:, i], j + 1) + (1.0 if i == j else 0.0) for j in range(ndim)] for i in range(ndim)]
+
+
+def _cofactor(J, i, j):
+    """Cofactor ``C_ij = d det(J) / d J_ij``."""
+    if len(J) == 2:
+        return (1.0 if i == j else -1.0) * J[1 - i][1 - j]
+    r0, r1 = [r for r in range(3) if r != i]
+    c0, c1 = [c for c in range(3) if c != j]
+    sign = 1.0 if (i + j) % 2 == 0 else -1.0
+    return sign * (J[r0][c0] * J[r1][c1] - J[r0][c1] * J[r1][c0])
+
+
+def jacobian_det_forward(ddf):
+    J = _jacobian(ddf)
+    det = sum(J[0][j] * _cofactor(J, 0, j) for j in range(len(J)))  # expansion along row 0
+    return det.unsqueeze(1)
+
+
+def jacobian_det_backward(grad, ddf):
+    grad = grad[:, 0]
+    J = _jacobian(ddf)
+    ndim = ddf.shape[1]
+    channels = [
+        sum(diff_transpose(grad * _cofactor(J, i, j), j + 1) for j in range(ndim)) for i in range(ndim)
+    ]
+    return torch.stack(channels, dim=1)

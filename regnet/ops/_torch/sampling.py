@@ -1,0 +1,149 @@
+"""Reference sampling backend: grid sampling, affine grids, warping, composition, exp.
+
+Forward passes call ATen's grid sampler; backward passes call its matching backward kernel
+and turn the grid gradient into the gradient of whatever produced the grid (affine matrix,
+displacement field). No sampling grid is kept between forward and backward: it is cheap to
+rebuild, and keeping it would cost ``ndim`` full-size tensors per call.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from regnet.ops._checks import MODE_CODE, PADDING_CODE
+
+
+def _sampler(ndim: int):
+    aten = torch.ops.aten
+    if ndim == 2:
+        return aten.grid_sampler_2d, aten.grid_sampler_2d_backward
+    return aten.grid_sampler_3d, aten.grid_sampler_3d_backward
+
+
+def grid_sample_forward(input, grid, mode, padding_mode, align_corners):
+    forward, _ = _sampler(input.dim() - 2)
+    return forward(input, grid, MODE_CODE[mode], PADDING_CODE[padding_mode], align_corners)
+
+
+def grid_sample_backward(grad, input, grid, mode, padding_mode, align_corners, needs_input, needs_grid):
+    """Return ``(grad_input, grad_grid)``; an entry is ``None`` when not needed."""
+    _, backward = _sampler(input.dim() - 2)
+    grad_input, grad_grid = backward(
+        grad.contiguous(), input, grid, MODE_CODE[mode], PADDING_CODE[padding_mode], align_corners,
+        [needs_input, needs_grid],
+    )
+    return (grad_input if needs_input else None), (grad_grid if needs_grid else None)
+
+
+# --- affine grids ---------------------------------------------------------------------------
+
+def _linspace(steps: int, align_corners: bool, like: torch.Tensor) -> torch.Tensor:
+    """Normalised voxel centres along one axis, exactly as ATen's affine_grid_generator."""
+    if steps <= 1:
+        return torch.zeros(1, dtype=like.dtype, device=like.device)
+    line = torch.linspace(-1, 1, steps, dtype=like.dtype, device=like.device)
+    return line if align_corners else line * (steps - 1) / steps
+
+
+def base_grid(spatial, align_corners: bool, like: torch.Tensor) -> torch.Tensor:
+    """Homogeneous base grid ``(prod(spatial), ndim + 1)`` with columns ``(x, y[, z], 1)``."""
+    lines = [_linspace(n, align_corners, like) for n in spatial]
+    mesh = torch.meshgrid(*lines, indexing="ij")  # array order (H, W[, D])
+    columns = [m.reshape(-1) for m in reversed(mesh)]  # (x, y[, z]) = reversed array axes
+    return torch.stack([*columns, torch.ones_like(columns[0])], dim=1)
+
+
+def affine_grid_forward(theta, size, align_corners):
+    return torch.ops.aten.affine_grid_generator(theta, list(size), align_corners)
+
+
+def affine_grid_backward(grad_grid, theta, size, align_corners):
+    """Gradient w.r.t. ``theta``: ``grad_grid^T @ base`` summed over all grid points."""
+    spatial = size[2:]
+    base = base_grid(spatial, align_corners, theta)
+    flat = grad_grid.reshape(grad_grid.shape[0], -1, len(spatial))
+    return flat.transpose(1, 2) @ base
+
+
+def affine_transform_forward(image, theta, shape, mode, padding_mode, align_corners):
+    size = (image.shape[0], image.shape[1], *shape)
+    grid = affine_grid_forward(theta, size, align_corners)
+    return grid_sample_forward(image, grid, mode, padding_mode, align_corners)
+
+
+def affine_transform_backward(grad, image, theta, shape, mode, padding_mode, align_corners, needs_image, needs_theta):
+    size = (image.shape[0], image.shape[1], *shape)
+    grid = affine_grid_forward(theta, size, align_corners)
+    grad_image, grad_grid = grid_sample_backward(
+        grad, image, grid, mode, padding_mode, align_corners, needs_image, needs_theta
+    )
+    grad_theta = affine_grid_backward(grad_grid, theta, size, align_corners) if needs_theta else None
+    return grad_image, grad_theta
+
+
+# --- displacement fields (voxel units, channel-first, MONAI's Warp convention) ---------------
+
+def ddf_to_grid(ddf: torch.Tensor) -> torch.Tensor:
+    """Sampling grid ``(B, *spatial, ndim)`` for ``grid_sample(..., align_corners=True)``.
+
+    Same arithmetic as MONAI's ``Warp``: ``(index + u) * 2 / max(n - 1, 1) - 1`` per axis,
+    last dimension in reversed axis order ``(x, y[, z])``.
+    """
+    spatial = ddf.shape[2:]
+    ndim = len(spatial)
+    columns = []
+    for axis in reversed(range(ndim)):
+        n = spatial[axis]
+        view = [1] * ndim
+        view[axis] = n
+        index = torch.arange(n, dtype=ddf.dtype, device=ddf.device).view(view)
+        columns.append((ddf[:, axis] + index) * 2 / max(n - 1, 1) - 1)
+    return torch.stack(columns, dim=-1)
+
+
+def grid_grad_to_ddf(grad_grid: torch.Tensor) -> torch.Tensor:
+    """Chain rule through ``ddf_to_grid``: ``(B, *spatial, ndim)`` -> ``(B, ndim, *spatial)``."""
+    spatial = grad_grid.shape[1:-1]
+    ndim = len(spatial)
+    channels = [grad_grid[..., ndim - 1 - axis] * (2 / max(spatial[axis] - 1, 1)) for axis in range(ndim)]
+    return torch.stack(channels, dim=1)
+
+
+def warp_forward(image, ddf, mode, padding_mode):
+    return grid_sample_forward(image, ddf_to_grid(ddf), mode, padding_mode, True)
+
+
+def warp_backward(grad, image, ddf, mode, padding_mode, needs_image, needs_ddf):
+    grad_image, grad_grid = grid_sample_backward(
+        grad, image, ddf_to_grid(ddf), mode, padding_mode, True, needs_image, needs_ddf
+    )
+    return grad_image, (grid_grad_to_ddf(grad_grid) if needs_ddf else None)
+
+
+def compose_forward(u1, u2, mode, padding_mode):
+    return u2 + warp_forward(u1, u2, mode, padding_mode)
+
+
+def compose_backward(grad, u1, u2, mode, padding_mode, needs_u1, needs_u2):
+    grad_u1, grad_u2 = warp_backward(grad, u1, u2, mode, padding_mode, needs_u1, needs_u2)
+    return grad_u1, (grad + grad_u2 if needs_u2 else None)
+
+
+def exp_forward(svf, steps, mode, padding_mode):
+    """Scaling and squaring. Returns ``(ddf, saved)``; ``saved`` are the fields before each
+    squaring step, the only state the backward needs."""
+    u = svf / (2**steps)
+    saved = []
+    for _ in range(steps):
+        saved.append(u)
+        u = u + warp_forward(u, u, mode, padding_mode)
+    return u, tuple(saved)
+
+
+def exp_backward(grad, saved, steps, mode, padding_mode):
+    """Back through each squaring ``u' = u + warp(u, u)``: both the sampled field and the
+    sampling positions depend on ``u``."""
+    for u in reversed(saved):
+        grad_image, grad_ddf = warp_backward(grad, u, u, mode, padding_mode, True, True)
+        grad = grad + grad_image + grad_ddf
+    return grad / (2**steps)
