@@ -23,12 +23,17 @@ def tensor(fn: str, name: str, x, ndims: Sequence[int] | None = None, floating: 
         raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(x).__name__}")
     if ndims is not None and x.dim() not in ndims:
         raise ValueError(
-            f"{fn}: {name} must have {' or '.join(map(str, ndims))} dimensions, "
+            f"{fn}: {name} must have {_either(ndims)} dimensions, "
             f"got shape {tuple(x.shape)} ({x.dim()} dimensions)"
         )
     if floating and not x.is_floating_point():
         raise TypeError(f"{fn}: {name} must have a floating dtype (float16/bfloat16/float32/float64), got {x.dtype}")
     return x
+
+
+def _either(values) -> str:
+    values = [str(v) for v in values]
+    return values[0] if len(values) == 1 else ", ".join(values[:-1]) + " or " + values[-1]
 
 
 def same_device_dtype(fn: str, **tensors):
