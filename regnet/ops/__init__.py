@@ -16,6 +16,8 @@ from regnet.ops.exp import exp
 from regnet.ops.gaussian import gaussian_smooth
 from regnet.ops.grid_sample import grid_sample
 from regnet.ops.jacobian import jacobian_det
+from regnet.ops.joint_histogram import joint_histogram
+from regnet.ops.local_ncc import local_ncc
 from regnet.ops.warp import warp
 
 __all__ = [
@@ -28,6 +30,8 @@ __all__ = [
     "get_backend",
     "grid_sample",
     "jacobian_det",
+    "joint_histogram",
+    "local_ncc",
     "set_backend",
     "warp",
 ]

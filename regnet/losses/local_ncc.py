@@ -1,0 +1,74 @@
+"""Local normalised cross-correlation loss (MONAI's or torchreg's convention)."""
+
+from __future__ import annotations
+
+import torch
+
+from regnet import ops
+from regnet.losses._reduce import check_reduction, reduce
+
+# (smooth_nr, smooth_dr) defaults of each convention's reference implementation.
+_DEFAULT_SMOOTHING = {"monai": (0.0, 1e-5), "torchreg": (1e-5, 1e-5)}
+
+
+def local_ncc_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    kernel_size: int = 7,
+    kernel_type: str = "rectangular",
+    reduction: str = "mean",
+    smooth_nr: float | None = None,
+    smooth_dr: float | None = None,
+    convention: str = "monai",
+) -> torch.Tensor:
+    """Negative local squared NCC of ``pred`` and ``target`` ``(B, C, *spatial)``.
+
+    ``-reduce(ops.local_ncc(...))``: about -1 for locally linearly related images, 0 for
+    unrelated ones. ``convention="monai"`` equals MONAI's
+    ``LocalNormalizedCrossCorrelationLoss`` (smoothing defaults ``0, 1e-5``);
+    ``convention="torchreg"`` equals torchreg's ``NCC`` (defaults ``1e-5, 1e-5``).
+    ``reduction``: ``"mean"``, ``"sum"`` or ``"none"`` (the negated map).
+    """
+    check_reduction("local_ncc_loss", reduction)
+    if convention not in _DEFAULT_SMOOTHING:
+        raise ValueError(f"local_ncc_loss: convention must be one of {tuple(_DEFAULT_SMOOTHING)}, got {convention!r}")
+    nr, dr = _DEFAULT_SMOOTHING[convention]
+    nr = nr if smooth_nr is None else smooth_nr
+    dr = dr if smooth_dr is None else smooth_dr
+    ncc = ops.local_ncc(pred, target, kernel_size, kernel_type, nr, dr, convention)
+    return reduce(ncc, reduction).neg()
+
+
+class LocalNCCLoss(torch.nn.Module):
+    """Local NCC loss as an ``nn.Module``; see :func:`local_ncc_loss` for the arguments.
+
+    Local sums are separable windowed sums; the custom backward keeps only the two input
+    images (MONAI's autograd keeps about a dozen full-size temporaries).
+    """
+
+    def __init__(
+        self,
+        kernel_size: int = 7,
+        kernel_type: str = "rectangular",
+        reduction: str = "mean",
+        smooth_nr: float | None = None,
+        smooth_dr: float | None = None,
+        convention: str = "monai",
+    ) -> None:
+        super().__init__()
+        check_reduction("LocalNCCLoss", reduction)
+        self.kernel_size = kernel_size
+        self.kernel_type = kernel_type
+        self.reduction = reduction
+        self.smooth_nr = smooth_nr
+        self.smooth_dr = smooth_dr
+        self.convention = convention
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return local_ncc_loss(
+            pred, target, self.kernel_size, self.kernel_type, self.reduction,
+            self.smooth_nr, self.smooth_dr, self.convention,
+        )
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, kernel_type={self.kernel_type!r}, convention={self.convention!r}"
