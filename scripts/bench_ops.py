@@ -27,21 +27,32 @@ identical inputs (fixed seed), and the script checks that they compute the same 
 table's ``max|dout|`` / ``max|dgrad|`` columns are the largest absolute differences between
 regnet's and the peer's output and input gradients.
 
-Time: median over ``--repeats`` timed runs after ``--warmup`` untimed ones. On CUDA with
-``torch.cuda.Event`` pairs (synchronised); on CPU with ``time.perf_counter``.
+Time: median over ``--repeats`` timed runs after ``--warmup`` untimed ones, on CUDA with
+``torch.cuda.Event`` pairs (synchronised), on CPU with ``time.perf_counter``. The table's
+times come from one process that runs regnet and its peer on the same inputs, alternating
+(regnet, peer, peer, regnet, ...), so that a change in machine load (other processes) hits
+both alike. The memory runs below are timed too, each side alone; the JSON keeps those
+times as ``*_alone_times_s``. CPU timings are sensitive to other load on the machine,
+multi-threaded runs most (OpenMP threads wait for each other); the JSON records the load
+average before and after.
 
 Memory ("peak extra", MiB): the peak above what the inputs already hold, over the warm-up and
 timed runs (so caches an op builds on first use, e.g. MONAI ``Warp``'s reference grid, count).
  * CUDA: ``torch.cuda.max_memory_allocated()`` after ``reset_peak_memory_stats()``, minus
    ``memory_allocated()`` once the inputs exist.
  * CPU: every (op, side) runs in a fresh child process (this script with the hidden
-   ``--case OP:SIDE``), which builds its inputs, resets the kernel's RSS high-water mark
+   ``--case OP:SIDE``). The child first runs the case once on a
+   small volume (so that the library code it executes is mapped, which counts in the RSS),
+   builds the full-size inputs, resets the kernel's RSS high-water mark
    (``/proc/self/clear_refs``, when allowed) so temporaries of input creation do not count,
-   reads the current RSS from ``/proc/self/statm`` as the baseline, runs, and reports
-   ``ru_maxrss`` (peak RSS) minus the baseline. Children run with glibc's
-   ``MALLOC_MMAP_THRESHOLD_=65536`` (unless already set), so every tensor above 64 KiB is its
-   own mapping and is returned to the OS on free: the RSS then follows live tensor memory
-   rather than allocator caching. The child also does the timing.
+   reads the current RSS from ``/proc/self/statm`` as the baseline, runs, and reports the
+   peak RSS minus the baseline. The peak is ``VmHWM`` from ``/proc/self/status``: the same
+   high-water mark as ``getrusage(RUSAGE_SELF).ru_maxrss``, which is not usable here because
+   it also keeps the parent's peak RSS, inherited across (v)fork + exec (``ru_maxrss`` is only
+   the fallback). Children run with glibc's ``MALLOC_MMAP_THRESHOLD_=65536`` (unless already
+   set), so every tensor above 64 KiB is its own mapping and goes back to the OS when freed:
+   the RSS then follows live tensor memory rather than the allocator's caching (the timed
+   comparison runs in the parent, with the default allocator settings).
 
 Ratios: ``speed x = peer time / regnet time`` and ``mem x = peer memory / regnet memory``
 (> 1: regnet is faster / leaner).
@@ -50,7 +61,8 @@ Output: a markdown table on stdout and one JSON file per device, by default
 ``benchmarks/results/bench_ops_<device>.json`` (``cpu`` or ``cuda``). With ``--out PATH`` and
 one device the JSON goes to PATH; with several devices to ``PATH`` with ``_<device>`` added
 before the suffix. The JSON holds the device name, torch/monai versions, thread count, shape,
-batch, repeats, timestamp and, per op, all the numbers of the table plus the raw times.
+batch, repeats, load average, timestamp and, per op, all the numbers of the table plus the
+raw times.
 
 No timing is asserted anywhere; this only measures.
 
@@ -100,6 +112,7 @@ MAX_DISPLACEMENT = 2.0  # voxels
 EXP_STEPS = 7
 QUICK_SHAPE = (32, 40, 48)
 QUICK_REPEATS = 2
+PRIME_SIZE = 40  # per axis, for the untimed first run on a small volume (see run_side)
 RESULT_TAG = "BENCH_CASE_RESULT "
 
 warnings.filterwarnings("ignore", message="monai.networks.blocks.Warp: Using PyTorch native grid_sample")
@@ -220,31 +233,52 @@ CASES = {"warp": case_warp, "exp": case_exp, "grid_sample": case_grid_sample}
 
 # --- measurement ----------------------------------------------------------------------------
 
-def time_case(fn, repeats: int, warmup: int, device: torch.device) -> list[float]:
-    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times; return seconds per run."""
-    for _ in range(warmup):
+def _time_once(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(device)
+        start.record()
         fn()
-    times = []
-    cuda = device.type == "cuda"
-    for _ in range(repeats):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize(device)
-            start.record()
+        end.record()
+        torch.cuda.synchronize(device)
+        return start.elapsed_time(end) / 1000
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def time_case(fns: dict, repeats: int, warmup: int, device: torch.device) -> dict[str, list[float]]:
+    """Time the closures of a case (``{side: fn}``): ``warmup`` untimed runs of each, then
+    ``repeats`` timed rounds running every side once, the order alternating from round to
+    round, so that changes in machine load hit all sides alike. Seconds per run, per side."""
+    for fn in fns.values():
+        for _ in range(warmup):
             fn()
-            end.record()
-            torch.cuda.synchronize(device)
-            times.append(start.elapsed_time(end) / 1000)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
+    times = {side: [] for side in fns}
+    order = list(fns)
+    for i in range(repeats):
+        for side in (order if i % 2 == 0 else order[::-1]):
+            times[side].append(_time_once(fns[side], device))
     return times
 
 
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def _peak_rss_bytes() -> int:
+    """Peak RSS of this process's memory since the last reset: ``VmHWM`` (the same kernel
+    high-water mark as ``ru_maxrss``, but without the parent's peak that ``ru_maxrss`` inherits
+    across fork/vfork + exec), falling back to ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _reset_peak_rss() -> bool:
@@ -258,10 +292,16 @@ def _reset_peak_rss() -> bool:
 
 
 def run_side(op: str, side: str, args, device: torch.device) -> dict:
-    """Build fresh inputs, then time ``side`` of ``op`` and measure its peak extra memory.
+    """Build fresh inputs, then measure the peak extra memory of ``side`` of ``op`` over
+    ``warmup`` + ``repeats`` runs (timed too: the ``*_alone_times_s`` of the JSON).
 
     On CPU this is meant to run in a fresh process (``--case``); see ``measure_cpu_case``.
+    The code paths are first run once on a small volume, so that mapping the library code
+    they execute (file-backed pages, counted in the RSS) happens before the baseline.
     """
+    prime = make_inputs(op, [min(s, PRIME_SIZE) for s in args.shape], args.batch, device, args.image_grad)
+    CASES[op](prime, args.backend)[side]()
+    del prime
     inputs = make_inputs(op, args.shape, args.batch, device, args.image_grad)
     fn = CASES[op](inputs, args.backend)[side]
     gc.collect()
@@ -269,14 +309,14 @@ def run_side(op: str, side: str, args, device: torch.device) -> dict:
         torch.cuda.synchronize(device)
         baseline = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
-        times = time_case(fn, args.repeats, args.warmup, device)
+        times = time_case({side: fn}, args.repeats, args.warmup, device)[side]
         peak = torch.cuda.max_memory_allocated(device) - baseline
         peak_reset = True
     else:
         peak_reset = _reset_peak_rss()
         baseline = _rss_bytes()
-        times = time_case(fn, args.repeats, args.warmup, device)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline
+        times = time_case({side: fn}, args.repeats, args.warmup, device)[side]
+        peak = _peak_rss_bytes() - baseline
     return {
         "times_s": times,
         "median_s": statistics.median(times),
@@ -310,10 +350,8 @@ def measure_cpu_case(op: str, side: str, args) -> dict:
     return json.loads(lines[-1][len(RESULT_TAG):])
 
 
-def check_case(op: str, args, device: torch.device) -> dict:
-    """Run both sides once on identical inputs; max abs differences of output and gradients."""
-    inputs = make_inputs(op, args.shape, args.batch, device, args.image_grad)
-    fns = CASES[op](inputs, args.backend)
+def check_case(fns: dict, inputs: dict) -> dict:
+    """Run both sides once on the same inputs; max abs differences of output and gradients."""
     results = {}
     for side in SIDES:
         out = fns[side]()
@@ -325,6 +363,16 @@ def check_case(op: str, args, device: torch.device) -> dict:
         "max_abs_out": out_p.abs().max().item(),
         "max_abs_grad": max(g.abs().max().item() for g in grads_p),
     }
+
+
+def compare_case(op: str, args, device: torch.device) -> dict:
+    """Check and time both sides of ``op`` in this process, on one set of inputs."""
+    inputs = make_inputs(op, args.shape, args.batch, device, args.image_grad)
+    fns = CASES[op](inputs, args.backend)
+    result = check_case(fns, inputs)
+    times = time_case(fns, args.repeats, args.warmup, device)
+    result.update({f"{side}_times_s": times[side] for side in SIDES})
+    return result
 
 
 # --- reporting ------------------------------------------------------------------------------
@@ -346,6 +394,13 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
@@ -361,7 +416,8 @@ def _fmt(x, spec: str) -> str:
 def print_table(report: dict) -> None:
     print(f"\n### {report['device']}: {report['device_name']} | torch {report['torch_version']} | "
           f"monai {report['monai_version']} | {report['threads']} threads | "
-          f"shape {tuple(report['shape'])} x B={report['batch']} | median of {report['repeats']}\n")
+          f"shape {tuple(report['shape'])} x B={report['batch']} | median of {report['repeats']} | "
+          f"load avg {report['loadavg_start']} -> {report['loadavg_end']}\n")
     print("| op | peer | regnet s | peer s | speed x | regnet MiB | peer MiB | mem x | max abs dout | max abs dgrad |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for op, r in report["results"].items():
@@ -376,38 +432,48 @@ def bench_device(device: torch.device, args) -> dict:
     import monai
 
     results, image_source = {}, None
+    load_start = _loadavg()
+    if device.type == "cpu" and load_start and load_start[0] > 0.5:
+        print(f"bench_ops: warning: CPU load average {load_start[0]:.2f} before starting; other processes "
+              f"distort CPU timings (multi-threaded ones most)", file=sys.stderr, flush=True)
+    memory = {}  # first the memory, each (op, side) alone: CPU children / CUDA allocator stats
     for op in args.ops:
-        sides = {}
+        memory[op] = {}
         for side in SIDES:
             if device.type == "cpu":
-                sides[side] = measure_cpu_case(op, side, args)
+                m = measure_cpu_case(op, side, args)
             else:
-                sides[side] = run_side(op, side, args, device)
+                m = run_side(op, side, args, device)
                 gc.collect()
                 torch.cuda.empty_cache()
-            image_source = sides[side]["image_source"]
-            print(f"  {device.type} {op:12s} {side:6s}: {sides[side]['median_s']:.4f} s, "
-                  f"{sides[side]['peak_extra_mib']:.1f} MiB", file=sys.stderr, flush=True)
-        r, p = sides["regnet"], sides["peer"]
-        results[op] = {
-            "peer": PEERS[op],
-            "regnet_backend": getattr(select(op, device, args.backend), "NAME", "?"),
-            "regnet_time_s": r["median_s"],
-            "peer_time_s": p["median_s"],
-            "speed_ratio": _ratio(p["median_s"], r["median_s"]),
-            "regnet_peak_mib": r["peak_extra_mib"],
-            "peer_peak_mib": p["peak_extra_mib"],
-            "memory_ratio": _ratio(p["peak_extra_mib"], r["peak_extra_mib"]),
-            "regnet_times_s": r["times_s"],
-            "peer_times_s": p["times_s"],
-            "peak_reset": r["peak_reset"] and p["peak_reset"],
-        }
-    # Correctness last, in this process, after all CPU children (keeps the parent small while they run).
+            memory[op][side], image_source = m, m["image_source"]
+            print(f"  {device.type} {op:12s} {side:6s}: {m['peak_extra_mib']:8.1f} MiB  (alone: "
+                  f"{m['median_s']:.4f} s)", file=sys.stderr, flush=True)
+    # then check and time both sides together in this process (after the CPU children, so that
+    # this process stays small while they run)
     for op in args.ops:
-        results[op].update(check_case(op, args, device))
+        r, p = memory[op]["regnet"], memory[op]["peer"]
+        cmp = compare_case(op, args, device)
         if device.type == "cuda":
             gc.collect()
             torch.cuda.empty_cache()
+        t_r, t_p = statistics.median(cmp["regnet_times_s"]), statistics.median(cmp["peer_times_s"])
+        print(f"  {device.type} {op:12s} timed together: regnet {t_r:.4f} s, peer {t_p:.4f} s",
+              file=sys.stderr, flush=True)
+        results[op] = {
+            "peer": PEERS[op],
+            "regnet_backend": getattr(select(op, device, args.backend), "NAME", "?"),
+            "regnet_time_s": t_r,
+            "peer_time_s": t_p,
+            "speed_ratio": _ratio(t_p, t_r),
+            "regnet_peak_mib": r["peak_extra_mib"],
+            "peer_peak_mib": p["peak_extra_mib"],
+            "memory_ratio": _ratio(p["peak_extra_mib"], r["peak_extra_mib"]),
+            **cmp,
+            "regnet_alone_times_s": r["times_s"],
+            "peer_alone_times_s": p["times_s"],
+            "peak_reset": r["peak_reset"] and p["peak_reset"],
+        }
     return {
         "benchmark": "bench_ops",
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -418,6 +484,9 @@ def bench_device(device: torch.device, args) -> dict:
         "python_version": platform.python_version(),
         "git_commit": _git_commit(),
         "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "loadavg_start": load_start,
+        "loadavg_end": _loadavg(),
         "shape": list(args.shape),
         "batch": args.batch,
         "repeats": args.repeats,
@@ -428,7 +497,7 @@ def bench_device(device: torch.device, args) -> dict:
         "exp_steps": EXP_STEPS,
         "memory_method": ("torch.cuda.max_memory_allocated - memory_allocated after inputs"
                           if device.type == "cuda" else
-                          "fresh child process: ru_maxrss - RSS after inputs (high-water mark reset), "
+                          "fresh child process: VmHWM - RSS after inputs (high-water mark reset), "
                           "MALLOC_MMAP_THRESHOLD_=" + os.environ.get("MALLOC_MMAP_THRESHOLD_", "65536")),
         "results": results,
     }

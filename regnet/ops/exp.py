@@ -22,7 +22,7 @@ class ExpFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        grad_svf = ctx.impl.exp_backward(grad, ctx.saved_tensors, *ctx.options)
+        grad_svf = ctx.impl.exp_backward(grad, list(ctx.saved_tensors), *ctx.options)
         return grad_svf, None, None, None, None
 
 

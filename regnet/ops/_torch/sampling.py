@@ -101,12 +101,18 @@ def ddf_to_grid(ddf: torch.Tensor) -> torch.Tensor:
     return torch.stack(columns, dim=-1)
 
 
-def grid_grad_to_ddf(grad_grid: torch.Tensor) -> torch.Tensor:
-    """Chain rule through ``ddf_to_grid``: ``(B, *spatial, ndim)`` -> ``(B, ndim, *spatial)``."""
+def grid_grad_to_ddf(grad_grid: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Chain rule through ``ddf_to_grid``: ``(B, *spatial, ndim)`` -> ``(B, ndim, *spatial)``.
+
+    With ``out`` given, the result is added to it in place (no extra field is allocated).
+    """
     spatial = grad_grid.shape[1:-1]
     ndim = len(spatial)
-    channels = [grad_grid[..., ndim - 1 - axis] * (2 / max(spatial[axis] - 1, 1)) for axis in range(ndim)]
-    return torch.stack(channels, dim=1)
+    if out is None:
+        out = torch.zeros((grad_grid.shape[0], ndim, *spatial), dtype=grad_grid.dtype, device=grad_grid.device)
+    for axis in range(ndim):
+        out[:, axis].add_(grad_grid[..., ndim - 1 - axis], alpha=2 / max(spatial[axis] - 1, 1))
+    return out
 
 
 def warp_forward(image, ddf, mode, padding_mode):
@@ -117,7 +123,11 @@ def warp_backward(grad, image, ddf, mode, padding_mode, needs_image, needs_ddf):
     grad_image, grad_grid = grid_sample_backward(
         grad, image, ddf_to_grid(ddf), mode, padding_mode, True, needs_image, needs_ddf
     )
-    return grad_image, (grid_grad_to_ddf(grad_grid) if needs_ddf else None)
+    if not needs_ddf:
+        return grad_image, None
+    grad_ddf = grid_grad_to_ddf(grad_grid)
+    del grad_grid
+    return grad_image, grad_ddf
 
 
 def compose_forward(u1, u2, mode, padding_mode):
@@ -126,24 +136,34 @@ def compose_forward(u1, u2, mode, padding_mode):
 
 def compose_backward(grad, u1, u2, mode, padding_mode, needs_u1, needs_u2):
     grad_u1, grad_u2 = warp_backward(grad, u1, u2, mode, padding_mode, needs_u1, needs_u2)
-    return grad_u1, (grad + grad_u2 if needs_u2 else None)
+    return grad_u1, (grad_u2.add_(grad) if needs_u2 else None)
 
 
 def exp_forward(svf, steps, mode, padding_mode):
-    """Scaling and squaring. Returns ``(ddf, saved)``; ``saved`` are the fields before each
-    squaring step, the only state the backward needs."""
+    """Scaling and squaring. Returns ``(ddf, saved)``; ``saved`` is the list of fields before
+    each squaring step, the only state the backward needs."""
     u = svf / (2**steps)
     saved = []
     for _ in range(steps):
         saved.append(u)
         u = u + warp_forward(u, u, mode, padding_mode)
-    return u, tuple(saved)
+    return u, saved
 
 
 def exp_backward(grad, saved, steps, mode, padding_mode):
     """Back through each squaring ``u' = u + warp(u, u)``: both the sampled field and the
-    sampling positions depend on ``u``."""
-    for u in reversed(saved):
-        grad_image, grad_ddf = warp_backward(grad, u, u, mode, padding_mode, True, True)
-        grad = grad + grad_image + grad_ddf
-    return grad / (2**steps)
+    sampling positions depend on ``u``. ``saved`` is consumed (popped) as the steps go back."""
+    grad = grad.clone()
+    while saved:
+        u = saved.pop()
+        grid = ddf_to_grid(u)
+        _, backward = _sampler(u.dim() - 2)
+        grad_image, grad_grid = backward(
+            grad, u, grid, MODE_CODE[mode], PADDING_CODE[padding_mode], True, [True, True]
+        )
+        del grid, u
+        grad.add_(grad_image)
+        del grad_image
+        grid_grad_to_ddf(grad_grid, out=grad)
+        del grad_grid
+    return grad.div_(2**steps)
