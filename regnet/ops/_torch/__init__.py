@@ -4,6 +4,7 @@ Triton kernels. Every backend namespace exposes these same functions."""
 from regnet.ops._torch.affine import compose_affine_backward, compose_affine_forward
 from regnet.ops._torch.gaussian import gaussian_smooth_backward, gaussian_smooth_forward
 from regnet.ops._torch.jacobian import jacobian_det_backward, jacobian_det_forward
+from regnet.ops._torch.joint_histogram import joint_histogram_backward, joint_histogram_forward
 from regnet.ops._torch.local_ncc import local_ncc_backward, local_ncc_forward
 from regnet.ops._torch.sampling import (
     affine_grid_backward,
