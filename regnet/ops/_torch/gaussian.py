@@ -3,10 +3,9 @@
 Matches ``scipy.ndimage.gaussian_filter(x, sigma, mode=mode, truncate=truncate)`` applied to
 each channel: kernel radius ``int(truncate * sigma + 0.5)``, normalised sampled Gaussian,
 the boundary extended per SciPy's ``mode``. Each axis pass gathers a padded copy (any pad
-width, also wider than the axis) and convolves it; the backward pass is the adjoint: the
-transposed convolution (for the symmetric kernel, a convolution of the zero-padded gradient,
-which is much faster than ``conv_transpose`` on the CPU) followed by a scatter-add of the
-padded gradient.
+width, also wider than the axis) and correlates it with the kernel; the backward pass is
+the adjoint: the transposed correlation (for the symmetric kernel, the correlation of the
+gradient zero-padded by twice the radius) followed by a scatter-add of the padded gradient.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+from regnet.ops._torch._filters import correlate
 
 
 def radius(sigma: float, truncate: float) -> int:
@@ -65,36 +64,24 @@ def _unpad(g, axis, n, r, mode):
     return out.narrow(axis, 0, n)
 
 
-def _weight(k, ndim, axis):
-    shape = [1, 1] + [1] * ndim
-    shape[2 + axis] = k.numel()
-    return k.view(shape)
-
-
-def _as_single_channel(x):
-    return x.reshape(-1, 1, *x.shape[2:])
-
-
 def gaussian_smooth_forward(x, sigma, mode, truncate):
     """``x``: ``(B, C, *spatial)``; ``sigma``: one float per spatial axis (voxels)."""
-    ndim = x.dim() - 2
-    y = _as_single_channel(x)
-    for axis, s in enumerate(sigma):
+    y = x
+    for axis, s in enumerate(sigma, start=2):
         if s > 0:
             r = radius(s, truncate)
-            y = _CONV[ndim](_pad(y, 2 + axis, r, mode), _weight(kernel1d(s, truncate, y), ndim, axis))
-    return y.reshape(x.shape)
+            y = correlate(_pad(y, axis, r, mode), kernel1d(s, truncate, y), axis, x.shape[axis])
+    return y if y is not x else x.clone()
 
 
 def gaussian_smooth_backward(grad, sigma, mode, truncate):
-    ndim = grad.dim() - 2
-    g = _as_single_channel(grad)
-    for axis in reversed(range(ndim)):
-        s = sigma[axis]
+    g = grad
+    for axis in reversed(range(2, grad.dim())):
+        s = sigma[axis - 2]
         if s > 0:
             r = radius(s, truncate)
-            padding = [0] * ndim
-            padding[axis] = 2 * r
-            padded = _CONV[ndim](g, _weight(kernel1d(s, truncate, g), ndim, axis), padding=padding)
-            g = _unpad(padded, 2 + axis, g.shape[2 + axis], r, mode)
-    return g.reshape(grad.shape)
+            n = g.shape[axis]
+            pad = [0, 0] * (g.dim() - 1 - axis) + [2 * r, 2 * r]
+            padded = correlate(F.pad(g, pad), kernel1d(s, truncate, g), axis, n + 2 * r)
+            g = _unpad(padded, axis, n, r, mode)
+    return g if g is not grad else grad.clone()

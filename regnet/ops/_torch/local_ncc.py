@@ -20,21 +20,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-
+from regnet.ops._torch._filters import correlate
 
 def local_sum(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Separable windowed sum with zero padding of ``x`` ``(B, C, *spatial)``."""
-    ndim = x.dim() - 2
     r = k.numel() // 2
-    y = x.reshape(-1, 1, *x.shape[2:])
-    for axis in range(ndim):
-        shape = [1, 1] + [1] * ndim
-        shape[2 + axis] = k.numel()
-        padding = [0] * ndim
-        padding[axis] = r
-        y = _CONV[ndim](y, k.view(shape), padding=padding)
-    return y.reshape(x.shape)
+    weights = k.tolist()
+    y = x
+    for axis in range(2, x.dim()):
+        pad = [0, 0] * (x.dim() - 1 - axis) + [r, r]
+        y = correlate(F.pad(y, pad), weights, axis, x.shape[axis])
+    return y
 
 
 def _count(k: torch.Tensor, spatial) -> torch.Tensor:
