@@ -70,6 +70,26 @@ def test_gradcheck(convention, kernel_type, ndim):
     )
 
 
+def _relative_errors(pred, target, kernel_size=7):
+    """Errors of regnet's float32 loss and gradient against MONAI in float64 on the same inputs."""
+    exact = _value_and_grads(LocalNormalizedCrossCorrelationLoss(pred.dim() - 2, kernel_size), pred.double(), target.double())
+    ours = _value_and_grads(LocalNCCLoss(kernel_size), pred, target)
+    value_error = abs(float(ours[0].detach()) - float(exact[0].detach()))
+    grad_error = float((ours[1].double() - exact[1]).abs().max() / exact[1].abs().max())
+    return value_error, grad_error
+
+
+@pytest.mark.parametrize("offset", [0.0, 100.0, 1000.0])
+def test_float32_accuracy_on_a_real_brain_with_intensity_offsets(brain_slice, offset):
+    """Zero background (skull-stripped MRI) and large offsets (CT-like): MONAI's float32 sums
+    cancel catastrophically at +100 already; regnet stays close to float64."""
+    target = brain_slice.float() + offset
+    pred = torch.roll(brain_slice.float(), shifts=(2, -1), dims=(2, 3)) + offset
+    pred = pred + 0.01 * torch.randn_like(pred)
+    value_error, grad_error = _relative_errors(pred, target)
+    assert value_error < 1e-6 and grad_error < 1e-3
+
+
 @pytest.mark.parametrize("offset", [100.0, 1000.0])
 def test_large_intensity_offsets_stay_accurate_in_float32(offset):
     pred, target = _pair(3, batch=1, channels=1)

@@ -10,6 +10,9 @@ Local sums use a separable window with zero padding (MONAI's ``separable_filteri
 torchreg's). The sums are formed from images centred on their (detached) mean, with the
 exact correction ``e = 1 - N / V`` (``N = S_1``, zero away from the border) for the padding,
 so that a large intensity offset does not cancel catastrophically in ``S_pp - S_p^2 / V``.
+The shift is each image's minimum, not its mean: a background at the minimum then stays
+exactly zero, where MONAI's own sums are exact too (centring on the mean turns it into a
+constant whose rounding noise, divided by the clamped variances, spoils float32 gradients).
 
 Only ``pred`` and ``target`` are saved; the backward pass recomputes the five local sums and
 filters five coefficient maps (the window filter is self-adjoint).
@@ -40,9 +43,12 @@ def _count(k: torch.Tensor, spatial) -> torch.Tensor:
 
 
 def _centre(x: torch.Tensor):
+    """Shift each (batch, channel) image by its (detached) minimum: a constant background at
+    the minimum (zero-background MRI, air in CT) becomes exactly zero, where sums cancel
+    exactly, and large intensity offsets are removed."""
     ndim = x.dim() - 2
-    mean = x.detach().mean(dim=tuple(range(2, 2 + ndim)), keepdim=True)
-    return x - mean, mean
+    low = x.detach().amin(dim=tuple(range(2, 2 + ndim)), keepdim=True)
+    return x - low, low
 
 
 def _statistics(pred, target, k, V):

@@ -1,0 +1,120 @@
+"""Pieces shared by the iterative registrations: input checks, image pyramids, and a loss
+log that keeps the optimisation free of host synchronisation.
+
+The loss of every iteration stays on the device (a detached 0-d tensor); the host reads
+values only when the progress bar refreshes (every ``refresh`` iterations) or a convergence
+check runs (every ``check_every`` iterations), and once at the end of a level.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from regnet import ops
+
+
+def check_pair(fn: str, moving, static) -> None:
+    """``moving`` and ``static``: ``(B, C, *spatial)`` float tensors, 2D or 3D, same batch,
+    channels, device and dtype; spatial shapes may differ."""
+    for name, x in (("moving", moving), ("static", static)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() not in (4, 5):
+            raise ValueError(f"{fn}: {name} must be (B, C, H, W) or (B, C, H, W, D), got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"{fn}: {name} must have a floating dtype, got {x.dtype}")
+    if moving.dim() != static.dim() or moving.shape[:2] != static.shape[:2]:
+        raise ValueError(
+            f"{fn}: moving {tuple(moving.shape)} and static {tuple(static.shape)} must have the same "
+            f"rank, batch size and channel count"
+        )
+    if moving.device != static.device or moving.dtype != static.dtype:
+        raise ValueError(
+            f"{fn}: moving ({moving.dtype}, {moving.device}) and static ({static.dtype}, {static.device}) "
+            f"must share one dtype and device"
+        )
+    for name, x in (("moving", moving), ("static", static)):
+        if not bool(torch.isfinite(x).all()):  # one host sync per registration, before the loop
+            raise ValueError(f"{fn}: {name} contains NaN or infinite values")
+
+
+def interp_mode(ndim: int) -> str:
+    return "trilinear" if ndim == 3 else "bilinear"
+
+
+def resize(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Linear resize of ``(B, C, *spatial)`` to ``shape`` (corner voxels aligned)."""
+    if tuple(x.shape[2:]) == tuple(shape):
+        return x
+    return F.interpolate(x, size=tuple(shape), mode=interp_mode(x.dim() - 2), align_corners=True)
+
+
+def level_shape(shape: Sequence[int], scale: float) -> tuple[int, ...]:
+    """Spatial shape of a pyramid level ``scale`` times coarser (at least 4 voxels per axis)."""
+    return tuple(max(4, int(round(s / scale))) for s in shape)
+
+
+def downsample(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Anti-aliased downsampling: Gaussian smoothing with sigma ``0.5 * factor`` voxels per
+    axis (factor = old / new size; none where the factor is <= 1), then a linear resize."""
+    factors = [old / new for old, new in zip(x.shape[2:], shape)]
+    sigma = [0.5 * f if f > 1 else 0.0 for f in factors]
+    if any(s > 0 for s in sigma):
+        x = ops.gaussian_smooth(x, sigma, mode="nearest")
+    return resize(x, shape)
+
+
+def resize_field(u: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Resize a voxel-unit field ``(B, ndim, *spatial)`` to ``shape``, rescaling each
+    channel to the new voxel size (corner voxels aligned: ``(new - 1) / (old - 1)``)."""
+    old = u.shape[2:]
+    if tuple(old) == tuple(shape):
+        return u
+    scale = torch.tensor(
+        [(n - 1) / max(o - 1, 1) for o, n in zip(old, shape)], dtype=u.dtype, device=u.device
+    ).view(1, -1, *[1] * len(shape))
+    return resize(u, shape) * scale
+
+
+class LossLog:
+    """Per-level loss history with a tqdm bar; host reads only every ``refresh`` iterations.
+
+    ``log(loss)`` stores ``loss.detach()`` (no sync). ``values()`` returns the level's losses
+    as floats (one sync). ``converged(...)`` compares windowed means every ``check_every``
+    iterations (one sync each time).
+    """
+
+    def __init__(self, total: int, description: str, verbose: bool, refresh: int = 10):
+        self.losses: list[torch.Tensor] = []
+        self.refresh = max(1, refresh)
+        self.bar = None
+        if verbose:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=description, leave=False, dynamic_ncols=True)
+
+    def log(self, loss: torch.Tensor) -> None:
+        self.losses.append(loss.detach())
+        if self.bar is not None:
+            self.bar.update(1)
+            if len(self.losses) % self.refresh == 0:
+                self.bar.set_postfix(loss=f"{float(self.losses[-1]):.5g}")
+
+    def converged(self, window: int, tolerance: float) -> bool:
+        """True when the mean loss of the last ``window`` iterations improved on the window
+        before by less than ``tolerance`` (relative). Call every ``window`` iterations."""
+        if tolerance <= 0 or len(self.losses) < 2 * window:
+            return False
+        recent = torch.stack(self.losses[-2 * window:]).view(2, window).mean(dim=1)
+        before, after = (float(v) for v in recent)  # one sync
+        return before - after < tolerance * max(abs(before), 1e-12)
+
+    def values(self) -> list[float]:
+        if self.bar is not None:
+            self.bar.close()
+        if not self.losses:
+            return []
+        return torch.stack(self.losses).cpu().tolist()
