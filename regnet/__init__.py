@@ -1,8 +1,10 @@
 """regnet: differentiable medical image registration on PyTorch and MONAI.
 
 The top-level package imports lazily so that ``regnet --help`` starts without importing
-torch or MONAI. ``regnet.ops`` holds the differentiable primitives, ``regnet.set_backend``
-chooses their compute backend.
+torch or MONAI. ``regnet.ops`` holds the differentiable primitives (``regnet.set_backend``
+chooses their compute backend), ``regnet.losses`` the losses, ``regnet.metrics`` the
+evaluation metrics, ``regnet.AffineRegistration`` / ``regnet.SyNRegistration`` the iterative
+registrations and ``regnet.io`` NIfTI and image files with their world affines.
 """
 
 from importlib import import_module
@@ -11,6 +13,12 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "ops": ("regnet.ops", None),
+    "losses": ("regnet.losses", None),
+    "metrics": ("regnet.metrics", None),
+    "io": ("regnet.io", None),
+    "registration": ("regnet.registration", None),
+    "AffineRegistration": ("regnet.registration", "AffineRegistration"),
+    "SyNRegistration": ("regnet.registration", "SyNRegistration"),
     "set_backend": ("regnet.ops._backend", "set_backend"),
     "get_backend": ("regnet.ops._backend", "get_backend"),
 }
