@@ -45,11 +45,12 @@ def interp_mode(ndim: int) -> str:
     return "trilinear" if ndim == 3 else "bilinear"
 
 
-def resize(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """Linear resize of ``(B, C, *spatial)`` to ``shape`` (corner voxels aligned)."""
+def resize(x: torch.Tensor, shape: Sequence[int], align_corners: bool = True) -> torch.Tensor:
+    """Linear resize of ``(B, C, *spatial)`` to ``shape`` (corner voxels aligned by default;
+    ``align_corners=False`` aligns the image extents instead)."""
     if tuple(x.shape[2:]) == tuple(shape):
         return x
-    return F.interpolate(x, size=tuple(shape), mode=interp_mode(x.dim() - 2), align_corners=True)
+    return F.interpolate(x, size=tuple(shape), mode=interp_mode(x.dim() - 2), align_corners=align_corners)
 
 
 def level_shape(shape: Sequence[int], scale: float) -> tuple[int, ...]:
@@ -57,14 +58,15 @@ def level_shape(shape: Sequence[int], scale: float) -> tuple[int, ...]:
     return tuple(max(4, int(round(s / scale))) for s in shape)
 
 
-def downsample(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+def downsample(x: torch.Tensor, shape: Sequence[int], align_corners: bool = True) -> torch.Tensor:
     """Anti-aliased downsampling: Gaussian smoothing with sigma ``0.5 * factor`` voxels per
-    axis (factor = old / new size; none where the factor is <= 1), then a linear resize."""
+    axis (factor = old / new size; none where the factor is <= 1), then a linear resize
+    (``align_corners`` as in :func:`resize`)."""
     factors = [old / new for old, new in zip(x.shape[2:], shape)]
     sigma = [0.5 * f if f > 1 else 0.0 for f in factors]
     if any(s > 0 for s in sigma):
         x = ops.gaussian_smooth(x, sigma, mode="nearest")
-    return resize(x, shape)
+    return resize(x, shape, align_corners)
 
 
 def resize_field(u: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
@@ -82,13 +84,16 @@ def resize_field(u: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
 class LossLog:
     """Per-level loss history with a tqdm bar; host reads only every ``refresh`` iterations.
 
-    ``log(loss)`` stores ``loss.detach()`` (no sync). ``values()`` returns the level's losses
-    as floats (one sync). ``converged(...)`` compares windowed means every ``check_every``
-    iterations (one sync each time).
+    ``log(loss)`` stores ``loss.detach()`` (no sync); ``log(loss, items)`` also stores the
+    per-item losses ``(B,)`` of a batch of B registrations, which ``converged`` then judges
+    item by item. ``values()`` returns the level's losses as floats (one sync).
+    ``converged(...)`` compares windowed means every ``check_every`` iterations (one sync
+    each time).
     """
 
     def __init__(self, total: int, description: str, verbose: bool, refresh: int = 10):
         self.losses: list[torch.Tensor] = []
+        self.items: list[torch.Tensor] = []
         self.refresh = max(1, refresh)
         self.bar = None
         if verbose:
@@ -96,8 +101,10 @@ class LossLog:
 
             self.bar = tqdm(total=total, desc=description, leave=False, dynamic_ncols=True)
 
-    def log(self, loss: torch.Tensor) -> None:
+    def log(self, loss: torch.Tensor, items: torch.Tensor | None = None) -> None:
         self.losses.append(loss.detach())
+        if items is not None:
+            self.items.append(items.detach().reshape(-1))
         if self.bar is not None:
             self.bar.update(1)
             if len(self.losses) % self.refresh == 0:
@@ -105,12 +112,16 @@ class LossLog:
 
     def converged(self, window: int, tolerance: float) -> bool:
         """True when the mean loss of the last ``window`` iterations improved on the window
-        before by less than ``tolerance`` (relative). Call every ``window`` iterations."""
+        before by less than ``tolerance`` (relative). Call every ``window`` iterations.
+
+        With per-item losses logged (``log(loss, items)`` at every iteration) every item must
+        have converged: a batch goes on while one of its registrations still improves."""
         if tolerance <= 0 or len(self.losses) < 2 * window:
             return False
-        recent = torch.stack(self.losses[-2 * window:]).view(2, window).mean(dim=1)
-        before, after = (float(v) for v in recent)  # one sync
-        return before - after < tolerance * max(abs(before), 1e-12)
+        history = self.items if len(self.items) == len(self.losses) else self.losses
+        recent = torch.stack(history[-2 * window:]).reshape(2, window, -1).mean(dim=1)
+        before, after = recent.double().cpu()  # one sync
+        return bool((before - after < tolerance * before.abs().clamp_min(1e-12)).all())
 
     def values(self) -> list[float]:
         if self.bar is not None:
