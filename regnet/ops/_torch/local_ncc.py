@@ -26,13 +26,21 @@ import torch.nn.functional as F
 from regnet.ops._torch._filters import correlate
 
 def local_sum(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Separable windowed sum with zero padding of ``x`` ``(B, C, *spatial)``."""
+    """Separable windowed sum with zero padding of ``x`` ``(B, C, *spatial)``.
+
+    Each axis pass adds shifted views of its input onto the overlapping part of the output,
+    so the zero padding is implicit: no padded copy is made.
+    """
     r = k.numel() // 2
     weights = k.tolist()
     y = x
     for axis in range(2, x.dim()):
-        pad = [0, 0] * (x.dim() - 1 - axis) + [r, r]
-        y = correlate(F.pad(y, pad), weights, axis, x.shape[axis])
+        n = x.shape[axis]
+        out = y * weights[r]
+        for j in range(1, min(r, n - 1) + 1):
+            out.narrow(axis, j, n - j).add_(y.narrow(axis, 0, n - j), alpha=weights[r - j])
+            out.narrow(axis, 0, n - j).add_(y.narrow(axis, j, n - j), alpha=weights[r + j])
+        y = out
     return y
 
 
@@ -51,39 +59,68 @@ def _centre(x: torch.Tensor):
     return x - low, low
 
 
+def _border_term(e, N, a, sa, b, sb):
+    """``e * (a * S_b + b * S_a + a * b * N)``: the exact correction of the centred sums,
+    non-zero only within a window's reach of the border."""
+    term = sb * a
+    term.addcmul_(sa, b)
+    term.add_(N * (a * b))
+    return term.mul_(e)
+
+
 def _statistics(pred, target, k, V):
-    """Local sums and the NCC terms, all from centred images (see the module docstring)."""
+    """Centred images, local sums and the NCC terms (see the module docstring), built with
+    in-place updates so that few full-size temporaries are alive at once."""
     P, cp = _centre(pred)
     T, ct = _centre(target)
-    e = 1 - _count(k, pred.shape[2:]) / V
-    s = {"p": local_sum(P, k), "t": local_sum(T, k)}
-    N = V * (1 - e)
-    cross = local_sum(P * T, k) - s["p"] * s["t"] / V + e * (cp * s["t"] + ct * s["p"] + cp * ct * N)
-    var_p = local_sum(P * P, k) - s["p"] ** 2 / V + e * (2 * cp * s["p"] + cp**2 * N)
-    var_t = local_sum(T * T, k) - s["t"] ** 2 / V + e * (2 * ct * s["t"] + ct**2 * N)
-    return P, T, cp, ct, V, e, s, cross, var_p, var_t
+    N = _count(k, pred.shape[2:])
+    e = 1 - N / V
+    s_p, s_t = local_sum(P, k), local_sum(T, k)
+    cross = local_sum(P * T, k).addcmul_(s_p, s_t, value=-1 / V).add_(_border_term(e, N, cp, s_p, ct, s_t))
+    var_p = local_sum(P * P, k).addcmul_(s_p, s_p, value=-1 / V).add_(_border_term(e, N, cp, s_p, cp, s_p))
+    var_t = local_sum(T * T, k).addcmul_(s_t, s_t, value=-1 / V).add_(_border_term(e, N, ct, s_t, ct, s_t))
+    return P, T, cp, ct, e, s_p, s_t, cross, var_p, var_t
 
 
 def local_ncc_forward(pred, target, k, V, smooth_nr, floor, eps):
     *_, cross, var_p, var_t = _statistics(pred, target, k, V)
-    return (cross * cross + smooth_nr) / (var_p.clamp_min(floor) * var_t.clamp_min(floor) + eps)
+    denominator = var_p.clamp_min_(floor).mul_(var_t.clamp_min_(floor)).add_(eps)
+    return cross.square_().add_(smooth_nr).div_(denominator)
 
 
 def local_ncc_backward(grad, pred, target, k, V, smooth_nr, floor, eps, needs_pred, needs_target):
-    P, T, cp, ct, V, e, s, cross, var_p, var_t = _statistics(pred, target, k, V)
-    vp, vt = var_p.clamp_min(floor), var_t.clamp_min(floor)
-    denominator = vp * vt + eps
-    ncc = (cross * cross + smooth_nr) / denominator
-    g_cross = grad * 2 * cross / denominator  # d ncc / d cross, times the incoming gradient
-    g_vp = torch.where(var_p > floor, -grad * ncc * vt / denominator, 0.0)
-    g_vt = torch.where(var_t > floor, -grad * ncc * vp / denominator, 0.0)
-    del cross, var_p, var_t, vp, vt, denominator, ncc
+    P, T, cp, ct, e, s_p, s_t, cross, var_p, var_t = _statistics(pred, target, k, V)
+    active_p, active_t = var_p > floor, var_t > floor
+    vp, vt = var_p.clamp_min_(floor), var_t.clamp_min_(floor)
+    denominator = vp * vt
+    denominator.add_(eps)
+    # ncc / denominator * grad, then the three coefficient maps, all per voxel:
+    #   g_cross = grad * 2 cross / den,  g_vp = -grad * ncc * vt / den,  g_vt = -grad * ncc * vp / den
+    scaled = (cross * cross).add_(smooth_nr).div_(denominator).mul_(grad).div_(denominator)  # grad*ncc/den
+    g_vp = torch.where(active_p, scaled * vt, 0.0).neg_()
+    g_vt = torch.where(active_t, scaled.mul_(vp), 0.0).neg_()
+    del scaled, vp, vt, var_p, var_t, active_p, active_t
+    g_cross = cross.mul_(2).div_(denominator).mul_(grad)
+    del denominator
     f_cross = local_sum(g_cross, k)
     grad_pred = grad_target = None
     if needs_pred:
-        a = -g_cross * s["t"] / V - 2 * g_vp * s["p"] / V + e * (2 * cp * g_vp + ct * g_cross)
-        grad_pred = local_sum(a, k) + 2 * P * local_sum(g_vp, k) + T * f_cross
+        grad_pred = _input_gradient(P, T, cp, ct, e, s_p, s_t, g_cross, g_vp, f_cross, k, V)
+    del g_vp
     if needs_target:
-        a = -g_cross * s["p"] / V - 2 * g_vt * s["t"] / V + e * (2 * ct * g_vt + cp * g_cross)
-        grad_target = local_sum(a, k) + 2 * T * local_sum(g_vt, k) + P * f_cross
+        grad_target = _input_gradient(T, P, ct, cp, e, s_t, s_p, g_cross, g_vt, f_cross, k, V)
     return grad_pred, grad_target
+
+
+def _input_gradient(A, B, ca, cb, e, s_a, s_b, g_cross, g_va, f_cross, k, V):
+    """``d ncc / d a = F[c] + 2 A F[g_va] + B F[g_cross]`` with the coefficient map
+    ``c = -g_cross S_b / V - 2 g_va S_a / V + e (2 ca g_va + cb g_cross)``."""
+    c = (g_cross * s_b).addcmul_(g_va, s_a, value=2.0).mul_(-1 / V)
+    border = g_va * (2 * ca)
+    border.addcmul_(g_cross, cb.expand_as(g_cross)).mul_(e)
+    c.add_(border)
+    del border
+    grad = local_sum(c, k)
+    del c
+    grad.addcmul_(A, local_sum(g_va, k), value=2.0)
+    return grad.addcmul_(B, f_cross)
