@@ -1,9 +1,12 @@
-"""The ``regnet`` command line.
+"""The ``regnet`` command line: ``register``, ``apply`` and ``demo``.
 
-Commands import torch (and the parts of regnet built on it) only when they run, so that
-``regnet --help`` and ``regnet COMMAND --help`` answer at once. Expected errors (a bad
-argument, an output folder that cannot be written) print one line to stderr and give exit
-status 2 (usage) or 1 (anything else); no traceback.
+A thin :mod:`argparse` layer over :mod:`regnet.pipeline` (``register_files``,
+``apply_transform``) and :mod:`regnet.demo`. Commands import torch (and the parts of regnet
+built on it) only when they run, so that ``regnet --help`` and ``regnet COMMAND --help``
+answer at once. Expected errors (a bad argument or config, a missing or unreadable file, an
+output folder that cannot be written) print one line to stderr and give exit status 2
+(usage: argparse errors, a bad ``--config``, no CUDA for ``--device cuda``) or 1 (anything
+else); no traceback.
 """
 
 from __future__ import annotations
@@ -27,24 +30,76 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
+    register = commands.add_parser(
+        "register",
+        help="register a moving image onto a fixed image (affine, SyN or both)",
+        description=(
+            "Register MOVING onto FIXED (NIfTI 2D/3D, or 2D PNG/JPEG/TIFF) through their world "
+            "geometry and write into DIR: warped.nii.gz (or warped.png for 2D pictures), "
+            "affine.txt (world matrix, with an affine part), ddf.nii.gz (total forward "
+            "displacement on the fixed grid, ITK/ANTs layout), inverse_ddf.nii.gz (SyN), "
+            "overview.png and report.json. DIR is built as a temporary sibling folder and renamed "
+            "when complete: a failed run leaves no DIR, and an existing DIR (empty, or an earlier "
+            "regnet output) is replaced only on success."
+        ),
+    )
+    register.add_argument("--fixed", metavar="FIXED", required=True, help="fixed (target) image")
+    register.add_argument("--moving", metavar="MOVING", required=True, help="moving image")
+    register.add_argument(
+        "--transform", choices=("affine", "syn", "affine+syn"), default="affine+syn",
+        help="transform model (default: affine+syn)",
+    )
+    register.add_argument("--out", metavar="DIR", required=True, help="output folder")
+    register.add_argument(
+        "--config", metavar="YAML",
+        help="settings file with sections 'affine:' and 'syn:' (constructor arguments of "
+             "AffineRegistration / SyNRegistration); presets in configs/",
+    )
+    _device_and_quiet(register)
+    register.set_defaults(run=_run_register)
+
+    apply = commands.add_parser(
+        "apply",
+        help="map another image or label map of the moving subject with a saved transform",
+        description=(
+            "Resample MOVING (any image of the moving subject, on any grid) onto the FIXED grid "
+            "with the transform saved by 'regnet register' in DIR (ddf.nii.gz). Use --interp "
+            "nearest for label maps (their values and file type are kept)."
+        ),
+    )
+    apply.add_argument("--fixed", metavar="FIXED", required=True, help="the fixed image of the registration")
+    apply.add_argument("--moving", metavar="IMAGE", required=True, help="image or label map to map")
+    apply.add_argument("--transform", metavar="DIR", required=True, help="output folder of 'regnet register'")
+    apply.add_argument(
+        "--interp", choices=("linear", "nearest"), default="linear",
+        help="interpolation: linear for images, nearest for label maps (default: linear)",
+    )
+    apply.add_argument("--out", metavar="OUT", required=True, help="output file (.nii.gz, .nii or .png)")
+    apply.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="torch device (default: cpu)")
+    apply.set_defaults(run=_run_apply)
+
     demo = commands.add_parser(
         "demo",
-        help="register the bundled 2D brain slices and write the results",
+        help="register the bundled brain data (2D slices and a small 3D volume) and write the results",
         description=(
-            "Register the bundled brain slice r16 (moving) onto r64 (fixed) with a multi-resolution "
-            "diffeomorphic (stationary velocity field) registration built from regnet.ops, print "
-            "global NCC and MSE before and after, and write warped.png, ddf.npy, overview.png and "
-            "report.json into the output folder."
+            "Run 'regnet register' (affine+syn) on bundled real data: the brain slice r16 (moving) "
+            "onto r64 (fixed), and a small 3D brain onto a randomly deformed copy of itself (with "
+            "labels for Dice). Writes DIR/2d/ and DIR/3d/ as 'regnet register' writes DIR, and "
+            "prints global NCC and MSE before and after, Dice, folding and timings."
         ),
     )
     demo.add_argument(
         "--out", metavar="DIR", default="regnet-demo",
         help="output folder, created if missing (default: ./regnet-demo)",
     )
-    demo.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="torch device (default: cpu)")
-    demo.add_argument("--quiet", action="store_true", help="no progress bars; only the summary is printed")
+    _device_and_quiet(demo)
     demo.set_defaults(run=_run_demo)
     return parser
+
+
+def _device_and_quiet(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars; only the summary is printed")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,6 +119,75 @@ def _error(command: str, message: str) -> None:
     print(f"{PROG} {command}: error: {message}", file=sys.stderr)
 
 
+def _cuda_missing(command: str, device: str) -> bool:
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        _error(command, "--device cuda: CUDA is not available to this torch build or machine; use --device cpu")
+        return True
+    return False
+
+
+def _failure(command: str, error: Exception) -> int:
+    """Report an expected failure in one line; exit status 2 for a bad config, else 1."""
+    from regnet.pipeline import ConfigError
+
+    message = _describe(error) if isinstance(error, OSError) else str(error)
+    _error(command, message)
+    return 2 if isinstance(error, ConfigError) else 1
+
+
+# --- regnet register ------------------------------------------------------------------------
+
+def _run_register(args: argparse.Namespace, start: float) -> int:
+    out = Path(args.out)
+    problem = _out_dir_problem(out)  # checked before the slow imports
+    if problem:
+        _error("register", problem)
+        return 1
+    if _cuda_missing("register", args.device):
+        return 2
+    from regnet.pipeline import register_files
+
+    try:
+        report = register_files(args.fixed, args.moving, args.transform, out, config=args.config,
+                                device=args.device, verbose=not args.quiet)
+    except (ValueError, TypeError, OSError) as error:
+        return _failure("register", error)
+    print(_register_summary(report, time.perf_counter() - start))
+    return 0
+
+
+def _register_summary(report: dict, wall_seconds: float) -> str:
+    ncc, err = report["metrics"]["global_ncc"], report["metrics"]["mse"]
+    times = report["time_s"]
+    stages = ", ".join(f"{stage} {times[stage]['total']:.1f} s" for stage in ("affine", "syn") if stage in times)
+    fixed, moving = report["fixed"], report["moving"]
+    return "\n".join([
+        f"regnet register ({report['transform']}, {report['device']}): {moving['path']} "
+        f"({'x'.join(map(str, moving['shape']))}) -> {fixed['path']} ({'x'.join(map(str, fixed['shape']))})",
+        f"global NCC {ncc['before']:.4f} -> {ncc['after']:.4f}, MSE {err['before']:.5f} -> {err['after']:.5f}",
+        f"folding: {100 * report['jacobian']['fraction_nonpositive']:.3f}% of voxels with Jacobian determinant <= 0",
+        f"time: registration {times['registration']:.1f} s ({stages}), total {wall_seconds:.1f} s",
+        f"files: {', '.join(report['files'])} in {report['out_dir']}",
+    ])
+
+
+# --- regnet apply ---------------------------------------------------------------------------
+
+def _run_apply(args: argparse.Namespace, start: float) -> int:
+    if _cuda_missing("apply", args.device):
+        return 2
+    from regnet.pipeline import apply_transform
+
+    try:
+        path = apply_transform(args.fixed, args.moving, args.transform, args.out, args.interp, device=args.device)
+    except (ValueError, TypeError, OSError) as error:
+        return _failure("apply", error)
+    print(f"regnet apply: wrote {path} ({args.interp}, {time.perf_counter() - start:.1f} s)")
+    return 0
+
+
 # --- regnet demo ----------------------------------------------------------------------------
 
 def _run_demo(args: argparse.Namespace, start: float) -> int:
@@ -72,20 +196,15 @@ def _run_demo(args: argparse.Namespace, start: float) -> int:
     if problem:
         _error("demo", problem)
         return 1
-
-    import torch
-
-    from regnet.demo import run_demo
-
-    if args.device == "cuda" and not torch.cuda.is_available():
-        _error("demo", "--device cuda: CUDA is not available to this torch build or machine; use --device cpu")
+    if _cuda_missing("demo", args.device):
         return 2
+    from regnet.demo import run_demo, summary_table
+
     try:
-        report = run_demo(out, device=args.device, verbose=not args.quiet)
-    except OSError as error:
-        _error("demo", f"cannot write the results to '{out}': {_describe(error)}")
-        return 1
-    print(_demo_summary(report, time.perf_counter() - start))
+        summary = run_demo(out, device=args.device, verbose=not args.quiet)
+    except (ValueError, TypeError, OSError) as error:
+        return _failure("demo", error)
+    print(_demo_summary(summary, summary_table(summary), time.perf_counter() - start))
     return 0
 
 
@@ -96,7 +215,6 @@ def _out_dir_problem(out: Path) -> str | None:
             return f"output path '{out}' exists and is not a directory"
         if not os.access(out, os.W_OK | os.X_OK):
             return f"output folder '{out}' is not writable"
-        return None
     parent = out.absolute().parent
     while not parent.exists():
         parent = parent.parent
@@ -112,25 +230,19 @@ def _describe(error: OSError) -> str:
     return f"{reason} ('{error.filename}')" if error.filename else reason
 
 
-def _demo_summary(report: dict, wall_seconds: float) -> str:
-    ncc, err = report["metrics"]["global_ncc"], report["metrics"]["mse"]
-    shape = "x".join(map(str, report["shape"]))
-    rows = [
-        ("metric", "before", "after"),
-        ("global NCC", f"{ncc['before']:.4f}", f"{ncc['after']:.4f}"),
-        ("MSE", f"{err['before']:.5f}", f"{err['after']:.5f}"),
-    ]
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    table = [" | ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    table.insert(1, "-+-".join("-" * w for w in widths))
+def _demo_summary(summary: dict, table: str, wall_seconds: float) -> str:
     return "\n".join([
-        f"regnet demo: {report['moving']} (moving) -> {report['fixed']} (fixed), {shape}, {report['device']}",
+        f"regnet demo ({summary['device']}): affine+syn on bundled brains "
+        f"(2d: {summary['cases']['2d']['moving']} -> {summary['cases']['2d']['fixed']}; "
+        f"3d: {summary['cases']['3d']['fixed']} deformed -> itself)",
         "",
-        *table,
+        table,
         "",
-        f"time: registration {report['time_s']['registration']:.1f} s, total {wall_seconds:.1f} s",
-        f"folding: {100 * report['folding_fraction']:.3f}% of pixels with Jacobian determinant <= 0",
-        f"files: {', '.join(report['files'])} in {report['out_dir']}",
+        "NCC/MSE: global, on intensities normalised to [0, 1]; Dice: mean over the FreeSurfer structures; "
+        "folding: Jacobian determinant <= 0",
+        f"time: total {wall_seconds:.1f} s",
+        f"files: 2d/ and 3d/ (warped, ddf.nii.gz, inverse_ddf.nii.gz, affine.txt, overview.png, report.json) "
+        f"in {summary['out_dir']}",
     ])
 
 
