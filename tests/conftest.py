@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before any `import triton`: kernels run on CPU tensors
 from pathlib import Path
 
 import pytest
