@@ -56,3 +56,44 @@ def test_bench_losses_quick_cpu(tmp_path):
         assert r["max_abs_diff_out"] <= 1e-4 * max(1.0, r["max_abs_out"]), (loss, r)
         assert r["max_abs_diff_grad"] <= 1e-4 * max(1.0, r["max_abs_grad"]), (loss, r)
         assert r["max_abs_grad"] > 0, (loss, r)
+
+
+def test_bench_registration_quick_cpu(tmp_path):
+    # regnet and torchreg only: the ANTs methods need the optional antspyx (the `bench` extra)
+    out = tmp_path / "registration.json"
+    cmd = [sys.executable, "scripts/bench_registration.py", "--methods", "regnet", "torchreg", "--quick",
+           "--threads", "1", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == "bench_registration" and report["device"] == "cpu"
+    assert report["threads"] == 1 and report["itk_threads"] == 1 and report["quick"] is True
+    assert report["methods"] == ["torchreg-affine", "torchreg-syn", "regnet-affine", "regnet-affine+syn"]
+    assert set(report["cases"]) == {"2d", "3d"}
+
+    two = report["cases"]["2d"]["results"]
+    assert list(two) == ["identity", "torchreg-affine", "torchreg-syn", "regnet-affine", "regnet-affine+syn"]
+    assert two["torchreg-syn"]["status"] == "n/a" and "3D-only" in two["torchreg-syn"]["reason"]
+    for name in ("torchreg-affine", "regnet-affine", "regnet-affine+syn"):
+        r = two[name]
+        assert r["status"] == "ok" and r["time_s"] > 0 and len(r["times_s"]) == 1, (name, r)
+        # even a few iterations align the two slices better than nothing
+        assert r["global_ncc"] > two["identity"]["global_ncc"], (name, r)
+    assert 0 <= two["regnet-affine+syn"]["folding_fraction"] <= 1
+    assert "folding_fraction" not in two["regnet-affine"]  # affine: no deformable field
+
+    case = report["cases"]["3d"]
+    synthetic = case["synthetic"]
+    assert synthetic["true_folding_fraction"] == 0
+    assert synthetic["inverse_residual_mm_in_mask"]["mean"] < 0.1 * synthetic["true_displacement_mm_in_mask"]["mean"]
+    three = case["results"]
+    assert list(three) == ["identity", "torchreg-syn", "regnet-affine+syn"]
+    assert 0 < three["identity"]["dice"] < 1
+    # the identity's error is the size of the true displacement
+    assert abs(three["identity"]["displacement_error_mm"]["mean"]
+               - synthetic["true_displacement_mm_in_mask"]["mean"]) < 1e-6
+    for name in ("torchreg-syn", "regnet-affine+syn"):
+        r = three[name]
+        assert r["status"] == "ok" and r["time_s"] > 0, (name, r)
+        assert 0 <= r["dice"] <= 1 and r["displacement_error_mm"]["mean"] >= 0 and 0 <= r["folding_fraction"] <= 1
