@@ -182,6 +182,33 @@ def _sample_point(src_ptr, b, offs, lane, k0, k1, k2, S0, S1, S2, O0, O1, O2,
 
 
 @triton.jit
+def _padded_point(src_ptr, S0, S1, S2, O0, O1, O2, NDIM: tl.constexpr, SOURCE: tl.constexpr,
+                  PADDING: tl.constexpr, ALIGN: tl.constexpr, CDT: tl.constexpr, BLOCK: tl.constexpr):
+    """The part both kernels share: this program's output voxels, their sample points in
+    voxels of the input, padded, with the padding's gradient factors (``g2`` is 1 in 2D)."""
+    pid = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    n_out = O0 * O1 * O2
+    n_in = S0 * S1 * S2
+    lane = offs < n_out
+    k2 = offs % O2
+    rest = offs // O2
+    k1 = rest % O1
+    k0 = rest // O1
+
+    p0, p1, p2, m0, m1, m2, x, y, z = _sample_point(
+        src_ptr, b, offs, lane, k0, k1, k2, S0, S1, S2, O0, O1, O2, NDIM, SOURCE, ALIGN, CDT)
+    p0, g0 = _pad(p0, S0, PADDING, ALIGN)
+    p1, g1 = _pad(p1, S1, PADDING, ALIGN)
+    if NDIM == 3:
+        p2, g2 = _pad(p2, S2, PADDING, ALIGN)
+    else:
+        g2 = tl.zeros_like(p0) + 1
+    return b, offs, lane, n_out, n_in, p0, p1, p2, g0, g1, g2, m0, m1, m2, x, y, z
+
+
+@triton.jit
 def _linear_axis(p, size):
     """Lower/upper indices (clamped in range), weights and in-bounds masks along one axis."""
     f = tl.floor(p)
@@ -216,23 +243,8 @@ def _sample_forward_kernel(
     NDIM: tl.constexpr, SOURCE: tl.constexpr, MODE: tl.constexpr, PADDING: tl.constexpr,
     ALIGN: tl.constexpr, CDT: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    n_out = O0 * O1 * O2
-    n_in = S0 * S1 * S2
-    lane = offs < n_out
-    k2 = offs % O2
-    rest = offs // O2
-    k1 = rest % O1
-    k0 = rest // O1
-
-    p0, p1, p2, m0, m1, m2, x, y, z = _sample_point(
-        src_ptr, b, offs, lane, k0, k1, k2, S0, S1, S2, O0, O1, O2, NDIM, SOURCE, ALIGN, CDT)
-    p0, g0 = _pad(p0, S0, PADDING, ALIGN)
-    p1, g1 = _pad(p1, S1, PADDING, ALIGN)
-    if NDIM == 3:
-        p2, g2 = _pad(p2, S2, PADDING, ALIGN)
+    b, offs, lane, n_out, n_in, p0, p1, p2, g0, g1, g2, m0, m1, m2, x, y, z = _padded_point(
+        src_ptr, S0, S1, S2, O0, O1, O2, NDIM, SOURCE, PADDING, ALIGN, CDT, BLOCK)
 
     out_dtype = out_ptr.dtype.element_ty
     img_b = img_ptr + b * C * n_in
@@ -359,23 +371,8 @@ def _sample_backward_kernel(
     ALIGN: tl.constexpr, CDT: tl.constexpr, NEED_IMAGE: tl.constexpr, NEED_SOURCE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    n_out = O0 * O1 * O2
-    n_in = S0 * S1 * S2
-    lane = offs < n_out
-    k2 = offs % O2
-    rest = offs // O2
-    k1 = rest % O1
-    k0 = rest // O1
-
-    p0, p1, p2, m0, m1, m2, x, y, z = _sample_point(
-        src_ptr, b, offs, lane, k0, k1, k2, S0, S1, S2, O0, O1, O2, NDIM, SOURCE, ALIGN, CDT)
-    p0, g0 = _pad(p0, S0, PADDING, ALIGN)
-    p1, g1 = _pad(p1, S1, PADDING, ALIGN)
-    if NDIM == 3:
-        p2, g2 = _pad(p2, S2, PADDING, ALIGN)
+    b, offs, lane, n_out, n_in, p0, p1, p2, g0, g1, g2, m0, m1, m2, x, y, z = _padded_point(
+        src_ptr, S0, S1, S2, O0, O1, O2, NDIM, SOURCE, PADDING, ALIGN, CDT, BLOCK)
 
     img_b = img_ptr + b * C * n_in
     gimg_b = gimg_ptr + b * C * n_in
