@@ -21,6 +21,9 @@ _LAZY = {
     "SyNRegistration": ("regnet.registration", "SyNRegistration"),
     "set_backend": ("regnet.ops._backend", "set_backend"),
     "get_backend": ("regnet.ops._backend", "get_backend"),
+    "set_deterministic": ("regnet.ops._backend", "set_deterministic"),
+    "is_deterministic": ("regnet.ops._backend", "is_deterministic"),
+    "transforms": ("regnet.transforms", None),
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -59,6 +59,16 @@ as an error) instead of waking the OOM killer.
 Ratios: ``speed x = peer time / regnet time``, ``mem x = peer memory / regnet memory``
 (> 1: regnet is faster / leaner).
 
+``compiled peer``: ``torch.compile`` of MONAI's loss module (plain PyTorch), timed in the same
+alternation; ``--compile auto`` (default) runs it on CUDA only. A failure is reported as
+``n/a`` with its reason (``compiled_note``). ``--channels C`` gives ``C``-channel images
+(MI is skipped then). On CUDA the default JSON name carries the GPU's name, and the batch
+and channel count when not 1. The GPU runs the project wants::
+
+    python scripts/bench_losses.py --device cuda --shapes 160x192x224 --batch 1
+    python scripts/bench_losses.py --device cuda --shapes 160x192x224 --batch 4
+    python scripts/bench_losses.py --device cuda --shapes 128x128x128 --batch 2 --channels 16 --losses lncc7
+
 Output: a markdown table on stdout and one JSON file per device, by default
 ``benchmarks/results/bench_losses_<device>.json`` (``--out`` as in ``bench_ops.py``), with the
 device, versions, threads, shapes, repeats, load average, input recipe and, per shape and
@@ -128,9 +138,11 @@ CHILD_DATA_LIMIT_FRACTION = 0.9
 
 # --- inputs ---------------------------------------------------------------------------------
 
-def make_inputs(shape, batch: int, device) -> dict:
-    """``target`` (data) and ``pred`` (leaf requiring grad), ``(batch, 1, *shape)`` in [0, 1],
-    built on the CPU with a fixed seed, then moved to ``device``; and ``image_source``."""
+def make_inputs(shape, batch: int, device, channels: int = 1) -> dict:
+    """``target`` (data) and ``pred`` (leaf requiring grad), ``(batch, channels, *shape)`` in
+    [0, 1], built on the CPU with a fixed seed, then moved to ``device``; and ``image_source``.
+    Channel ``c`` of both is the one-channel image to the power ``1 + 0.15 c`` (distinct
+    channels, same geometry)."""
     import regnet.ops as rops
 
     gen = torch.Generator().manual_seed(SEED)
@@ -143,6 +155,9 @@ def make_inputs(shape, batch: int, device) -> dict:
         pred = rops.warp(target, ddf)
     del ddf
     pred = (pred + NOISE_STD * torch.randn(pred.shape, generator=gen)).clamp_(0, 1)
+    if channels > 1:
+        gammas = (1 + 0.15 * torch.arange(channels, dtype=torch.float32)).view(1, -1, *[1] * len(shape))
+        target, pred = target.pow(gammas), pred.pow(gammas)
     return {
         "target": target.to(device),
         "pred": pred.to(device).requires_grad_(),
@@ -188,10 +203,10 @@ def run_side(loss: str, side: str, shape, args, device: torch.device) -> dict:
     """Peak extra memory (and times) of ``side`` of ``loss`` alone over ``warmup`` +
     ``repeats`` passes on fresh inputs, after a first pass on a small volume (so that the
     library code it runs is already mapped). On CPU meant for a fresh process (``--case``)."""
-    prime = make_inputs([min(s, PRIME_SIZE) for s in shape], args.batch, device)
+    prime = make_inputs([min(s, PRIME_SIZE) for s in shape], args.batch, device, args.channels)
     make_fn(loss, side, prime)()
     del prime
-    inputs = make_inputs(shape, args.batch, device)
+    inputs = make_inputs(shape, args.batch, device, args.channels)
     fn = make_fn(loss, side, inputs)
     result = benchlib.measure_alone(fn, args.repeats, args.warmup, device)
     result["image_source"] = inputs["image_source"]
@@ -201,7 +216,7 @@ def run_side(loss: str, side: str, shape, args, device: torch.device) -> dict:
 def _case_argv(loss: str, side: str, shape, args) -> list[str]:
     argv = [sys.executable, str(Path(__file__).resolve()), "--case", f"{loss}:{side}", "--device", "cpu",
             "--shapes", "x".join(map(str, shape)), "--batch", str(args.batch),
-            "--repeats", str(args.mem_runs), "--warmup", "0"]
+            "--repeats", str(args.mem_runs), "--warmup", "0", "--channels", str(args.channels)]
     if args.threads:
         argv += ["--threads", str(args.threads)]
     if args.backend != "auto":
@@ -211,8 +226,9 @@ def _case_argv(loss: str, side: str, shape, args) -> list[str]:
 
 def compare_case(loss: str, shape, repeats: int, args, device: torch.device) -> dict:
     """Check (first run of each side, also the warm-up) and time both sides of ``loss`` in
-    this process, on one set of inputs."""
-    inputs = make_inputs(shape, args.batch, device)
+    this process, on one set of inputs; with ``torch.compile`` of MONAI's loss as a third side
+    when enabled (``compiled_*``; None and a ``compiled_note`` when disabled or failing)."""
+    inputs = make_inputs(shape, args.batch, device, args.channels)
     values = {}
 
     def recording(side, fn):
@@ -224,14 +240,35 @@ def compare_case(loss: str, shape, repeats: int, args, device: torch.device) -> 
     fns = {side: recording(side, make_fn(loss, side, inputs)) for side in SIDES}
     result = benchlib.check_pair(fns, [inputs["pred"]])
     result.update({f"{side}_value": values[side].item() for side in SIDES})
-    times = benchlib.time_case(fns, repeats, args.warmup, device)
+    enabled = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
+    module = make_loss(loss, "peer").to(device)
+    pred, target = inputs["pred"], inputs["target"]
+
+    def fwd_bwd(forward):
+        def run():
+            pred.grad = None
+            value = forward()
+            value.backward()
+            return value.detach()
+        return run
+
+    compiled, note = benchlib.compile_or_none(lambda: module(pred, target), device, enabled, wrap=fwd_bwd)
+    timed = dict(fns)
+    if compiled is not None:
+        timed["compiled"] = compiled
+    times = benchlib.time_case(timed, repeats, args.warmup, device)
     result.update({f"{side}_times_s": times[side] for side in SIDES})
+    result["compiled_times_s"] = times.get("compiled")
+    result["compiled_time_s"] = statistics.median(times["compiled"]) if compiled is not None else None
+    result["compiled_note"] = note
     return result
 
 
-def memory_check(loss: str, shape, batch: int, device: torch.device) -> str | None:
+def memory_check(loss: str, shape, batch: int, device: torch.device, channels: int = 1) -> str | None:
     """None if the case should fit in memory, else why it is skipped."""
-    need = ESTIMATE_BYTES_PER_VOXEL[loss] * batch
+    if loss == "mi" and channels != 1:
+        return "skipped: MI is benchmarked on one channel (--channels 1)"
+    need = ESTIMATE_BYTES_PER_VOXEL[loss] * batch * channels
     for s in shape:
         need *= s
     need *= MEMORY_HEADROOM
@@ -261,7 +298,7 @@ def bench_device(device: torch.device, args) -> dict:
         memory, problems = {}, {}
         # first the memory, each (loss, side) alone: CPU children / CUDA allocator stats
         for loss in args.losses:
-            problem = memory_check(loss, shape, args.batch, device)
+            problem = memory_check(loss, shape, args.batch, device, args.channels)
             if problem is not None:
                 problems[loss] = problem
                 print(f"  {device.type} {key} {loss}: {problem}", file=sys.stderr, flush=True)
@@ -317,6 +354,8 @@ def bench_device(device: torch.device, args) -> dict:
         "loadavg_end": benchlib.loadavg(),
         "shapes": [list(s) for s in args.shapes],
         "batch": args.batch,
+        "channels": args.channels,
+        "compile": args.compile,
         "repeats": args.repeats,
         "mi_repeats": args.mi_repeats,
         "warmup": args.warmup,
@@ -343,18 +382,21 @@ def print_table(report: dict) -> None:
     for key, per_loss in report["results"].items():
         for loss, r in per_loss.items():
             if "skipped" in r:
-                rows.append([key, loss, PEERS_SHORT[loss], *["n/a"] * 10])
+                rows.append([key, loss, PEERS_SHORT[loss], *["n/a"] * 11])
                 notes.append(f"{key} {loss}: {r['skipped']}")
                 continue
             rows.append([key, loss, PEERS_SHORT[loss], f"{r['regnet_time_s']:.4f}", f"{r['peer_time_s']:.4f}",
-                         fmt(r["speed_ratio"], ".2f"), f"{r['regnet_peak_mib']:.1f}", f"{r['peer_peak_mib']:.1f}",
+                         fmt(r["speed_ratio"], ".2f"), fmt(r.get("compiled_time_s"), ".4f"),
+                         f"{r['regnet_peak_mib']:.1f}", f"{r['peer_peak_mib']:.1f}",
                          fmt(r["memory_ratio"], ".2f"), f"{r['peer_value']:.6f}", f"{r['max_abs_diff_out']:.2e}",
                          f"{r['max_abs_diff_grad']:.2e}", fmt(r["rel_diff_grad"], ".2e")])
-    benchlib.print_markdown_table(["shape", "loss", "peer", "regnet s", "peer s", "speed x", "regnet MiB",
+    benchlib.print_markdown_table(["shape", "loss", "peer", "regnet s", "peer s", "speed x", "compiled peer s",
+                                   "regnet MiB",
                                    "peer MiB", "mem x", "loss value", "max abs dvalue", "max abs dgrad",
                                    "rel dgrad"], rows, left=3)
     print("\nspeed x = peer time / regnet time; mem x = peer peak extra memory / regnet's (> 1: regnet better); "
-          "loss value = MONAI's; rel dgrad = max abs dgrad / max abs MONAI gradient")
+          "loss value = MONAI's; rel dgrad = max abs dgrad / max abs MONAI gradient; "
+          "compiled peer = torch.compile(MONAI loss) (n/a: not run or failed)")
     for note in notes:
         print(f"n/a: {note}")
     sys.stdout.flush()
@@ -392,6 +434,10 @@ def parse_args(argv=None):
                         help="full-size passes of each side alone for the memory measurement (default 1)")
     parser.add_argument("--backend", choices=("auto", "torch", "triton"), default="auto",
                         help="regnet.set_backend for the regnet losses (default auto)")
+    parser.add_argument("--channels", type=int, default=1,
+                        help="image channels (default 1; MI is skipped for more than one)")
+    parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                        help="also time torch.compile of MONAI's loss (auto: on CUDA only)")
     args = parser.parse_args(argv)
     if args.shapes is None:
         args.shapes = list(QUICK_SHAPES) if args.quick else list(DEFAULT_SHAPES)
@@ -405,9 +451,10 @@ def parse_args(argv=None):
     if args.mi_repeats is None:
         args.mi_repeats = min(args.repeats, DEFAULT_MI_REPEATS)
     if (args.repeats < 1 or args.mi_repeats < 1 or args.mem_runs < 1 or args.warmup < 0 or args.batch < 1
+            or args.channels < 1
             or min(min(s) for s in args.shapes) < 2):
         parser.error("need --repeats, --mi-repeats, --mem-runs, --batch >= 1, --warmup >= 0 "
-                     "and every shape size >= 2")
+                     "--channels >= 1 and every shape size >= 2")
     return args
 
 
@@ -430,7 +477,9 @@ def main(argv=None) -> int:
     devices = benchlib.select_devices(args.device, PROG)
     if devices is None:
         return 2
-    paths = benchlib.out_paths(args.out, devices, "bench_losses")
+    stem = "bench_losses" + (f"_b{args.batch}" if args.batch != 1 else "") + (
+        f"_c{args.channels}" if args.channels != 1 else "")
+    paths = benchlib.out_paths(args.out, devices, stem)
     for device in devices:
         print(f"{PROG}: {device.type}, shapes {[shape_key(s) for s in args.shapes]}, batch {args.batch}, "
               f"check/warm-up run + {args.warmup} warm-up + {args.repeats} timed runs per case "

@@ -57,6 +57,24 @@ timed runs (so caches an op builds on first use, e.g. MONAI ``Warp``'s reference
 Ratios: ``speed x = peer time / regnet time`` and ``mem x = peer memory / regnet memory``
 (> 1: regnet is faster / leaner).
 
+Also in the same run (for the GPU comparison; see ``docs/triton.md``):
+
+* ``compiled ref``: ``torch.compile`` of the reference computation in plain PyTorch
+  (``grid_sample`` of the DDF's grid, the squaring loop for ``exp``; autograd's backward), timed
+  alternating with the two sides; ``--compile auto`` (default) runs it on CUDA only, ``on``
+  also on the CPU. A compile failure is reported as ``n/a`` with its reason
+  (``compiled_note``), never fatal.
+* ``fwd GB/s``: the achieved bandwidth of regnet's sampling forward (``warp``,
+  ``grid_sample``; no grad): image + field/grid read once and the output written once, over
+  the median time, next to the device's measured copy bandwidth (``dst.copy_(src)`` on a
+  1 GiB float32 tensor on CUDA, 256 MiB on CPU; ``copy_gbps`` in the JSON).
+
+On CUDA the default JSON name carries the GPU's name (``bench_ops_cuda_<gpu>.json``) and a
+batch other than 1 (``bench_ops_b4_cuda_<gpu>.json``). The GPU runs the project wants::
+
+    python scripts/bench_ops.py --device cuda --batch 1
+    python scripts/bench_ops.py --device cuda --batch 4
+
 Output: a markdown table on stdout and one JSON file per device, by default
 ``benchmarks/results/bench_ops_<device>.json`` (``cpu`` or ``cuda``). With ``--out PATH`` and
 one device the JSON goes to PATH; with several devices to ``PATH`` with ``_<device>`` added
@@ -201,6 +219,56 @@ def case_grid_sample(inputs: dict, backend: str = "auto") -> dict:
 CASES = {"warp": case_warp, "exp": case_exp, "grid_sample": case_grid_sample}
 
 
+def reference_forward(op: str, inputs: dict):
+    """The reference computation of ``op`` in plain differentiable PyTorch (what
+    ``regnet.ops._torch`` computes, with autograd's backward instead of its hand-written one):
+    the function ``torch.compile`` is given for the ``compiled`` column."""
+    from regnet.ops._torch.sampling import ddf_to_grid
+
+    image = inputs["image"]
+    if op == "warp":
+        ddf = inputs["field"]
+        return lambda: F.grid_sample(image, ddf_to_grid(ddf), mode="bilinear", padding_mode="border",
+                                     align_corners=True)
+    if op == "exp":
+        svf = inputs["field"]
+
+        def exp():
+            u = svf / 2**EXP_STEPS
+            for _ in range(EXP_STEPS):
+                u = u + F.grid_sample(u, ddf_to_grid(u), mode="bilinear", padding_mode="zeros", align_corners=True)
+            return u
+        return exp
+    grid = inputs["grid"]
+    return lambda: F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
+def compile_enabled(args, device: torch.device) -> bool:
+    return args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
+
+
+def forward_bandwidth(op: str, inputs: dict, args, device: torch.device) -> dict | None:
+    """Achieved memory bandwidth of regnet's sampling forward (no grad): the bytes it must
+    move at least (image + field or grid read once, output written once) over its median
+    time. Sampling ops only (``warp``, ``grid_sample``)."""
+    if op not in ("warp", "grid_sample"):
+        return None
+    image = inputs["image"]
+    src = inputs["field"] if op == "warp" else inputs["grid"]
+    with torch.no_grad():
+        if op == "warp":
+            fn = lambda: rops.warp(image, src, backend=args.backend)  # noqa: E731
+        else:
+            fn = lambda: rops.grid_sample(image, src, "bilinear", "zeros", True, backend=args.backend)  # noqa: E731
+        out = fn()
+        times = benchlib.time_case({"fwd": fn}, args.repeats, max(1, args.warmup), device)["fwd"]
+    size = lambda t: t.numel() * t.element_size()  # noqa: E731
+    nbytes = size(image) + size(src) + size(out)
+    median = statistics.median(times)
+    return {"forward_times_s": times, "forward_time_s": median, "forward_min_bytes": nbytes,
+            "forward_gbps": nbytes / median / 1e9}
+
+
 # --- measurement ----------------------------------------------------------------------------
 
 def run_side(op: str, side: str, args, device: torch.device) -> dict:
@@ -233,12 +301,30 @@ def _case_argv(op: str, side: str, args) -> list[str]:
 
 
 def compare_case(op: str, args, device: torch.device) -> dict:
-    """Check and time both sides of ``op`` in this process, on one set of inputs."""
+    """Check and time both sides of ``op`` in this process, on one set of inputs, with the
+    ``torch.compile``d reference as a third side when enabled (``compiled_*``: None and a
+    ``compiled_note`` when disabled or failing), and the sampling forward's bandwidth."""
     inputs = make_inputs(op, args.shape, args.batch, device, args.image_grad)
     fns = CASES[op](inputs, args.backend)
     result = benchlib.check_pair(fns, inputs["leaves"])
-    times = benchlib.time_case(fns, args.repeats, args.warmup, device)
+    compiled, note = benchlib.compile_or_none(reference_forward(op, inputs), device, compile_enabled(args, device),
+                                              wrap=lambda f: _fwd_bwd(f, inputs))
+    timed = dict(fns)
+    if compiled is not None:
+        timed["compiled"] = compiled
+        check = benchlib.check_pair({"compiled": timed["compiled"], "peer": fns["peer"]}, inputs["leaves"],
+                                    sides=("compiled", "peer"))
+        result["compiled_max_abs_diff_out"] = check["max_abs_diff_out"]
+        result["compiled_max_abs_diff_grad"] = check["max_abs_diff_grad"]
+    times = benchlib.time_case(timed, args.repeats, args.warmup, device)
     result.update({f"{side}_times_s": times[side] for side in SIDES})
+    result["compiled_times_s"] = times.get("compiled")
+    result["compiled_time_s"] = statistics.median(times["compiled"]) if compiled is not None else None
+    result["compiled_note"] = note
+    del timed, fns, compiled
+    bandwidth = forward_bandwidth(op, inputs, args, device)
+    if bandwidth is not None:
+        result.update(bandwidth)
     return result
 
 
@@ -248,13 +334,19 @@ def print_table(report: dict) -> None:
     benchlib.print_header(report, [f"shape {tuple(report['shape'])} x B={report['batch']}",
                                    f"median of {report['repeats']}"])
     fmt = benchlib.fmt
+    copy = report.get("copy_gbps")
     rows = [[op, r["peer"], f"{r['regnet_time_s']:.4f}", f"{r['peer_time_s']:.4f}", fmt(r["speed_ratio"], ".2f"),
+             fmt(r.get("compiled_time_s"), ".4f"),
              f"{r['regnet_peak_mib']:.1f}", f"{r['peer_peak_mib']:.1f}", fmt(r["memory_ratio"], ".2f"),
+             fmt(r.get("forward_gbps"), ".1f")
+             + ("" if r.get("forward_gbps") is None or not copy else f" ({r['forward_gbps'] / copy:.0%})"),
              f"{r['max_abs_diff_out']:.2e}", f"{r['max_abs_diff_grad']:.2e}"]
             for op, r in report["results"].items()]
-    benchlib.print_markdown_table(["op", "peer", "regnet s", "peer s", "speed x", "regnet MiB", "peer MiB",
-                                   "mem x", "max abs dout", "max abs dgrad"], rows)
-    print("\nspeed x = peer time / regnet time; mem x = peer peak extra memory / regnet's (> 1: regnet better)")
+    benchlib.print_markdown_table(["op", "peer", "regnet s", "peer s", "speed x", "compiled ref s", "regnet MiB",
+                                   "peer MiB", "mem x", "fwd GB/s (of copy)", "max abs dout", "max abs dgrad"], rows)
+    print("\nspeed x = peer time / regnet time; mem x = peer peak extra memory / regnet's (> 1: regnet better);"
+          f"\ncompiled ref = torch.compile of the reference computation in plain PyTorch (n/a: not run or failed);"
+          f"\nfwd GB/s = regnet sampling forward, minimal bytes / time; device copy: {fmt(copy, '.1f')} GB/s")
     sys.stdout.flush()
 
 
@@ -292,6 +384,10 @@ def bench_device(device: torch.device, args) -> dict:
             "peer_alone_times_s": p["times_s"],
             "peak_reset": r["peak_reset"] and p["peak_reset"],
         }
+    copy = benchlib.copy_bandwidth(device, mib=64 if args.quick else None)
+    for r in results.values():
+        if r.get("forward_gbps") is not None:
+            r["forward_fraction_of_copy"] = r["forward_gbps"] / copy["copy_gbps"]
     return {
         **benchlib.environment("bench_ops", device),
         "loadavg_start": load_start,
@@ -305,6 +401,8 @@ def bench_device(device: torch.device, args) -> dict:
         "field_max_abs_voxels": MAX_DISPLACEMENT,
         "exp_steps": EXP_STEPS,
         "memory_method": benchlib.memory_method(device),
+        "compile": compile_enabled(args, device),
+        **copy,
         "results": results,
     }
 
@@ -319,6 +417,8 @@ def parse_args(argv=None):
     parser.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS), help="ops to run (default all)")
     parser.add_argument("--backend", choices=("auto", "torch", "triton"), default="auto",
                         help="regnet backend= for every call (default auto)")
+    parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                        help="also time torch.compile of the reference computation (auto: on CUDA only)")
     parser.add_argument("--image-grad", action="store_true",
                         help="also differentiate w.r.t. the image (warp, grid_sample)")
     args = parser.parse_args(argv)
@@ -345,7 +445,7 @@ def main(argv=None) -> int:
     devices = benchlib.select_devices(args.device, PROG)
     if devices is None:
         return 2
-    paths = benchlib.out_paths(args.out, devices, "bench_ops")
+    paths = benchlib.out_paths(args.out, devices, "bench_ops" if args.batch == 1 else f"bench_ops_b{args.batch}")
     for device in devices:
         print(f"bench_ops: {device.type}, shape {tuple(args.shape)}, batch {args.batch}, "
               f"{args.warmup} warm-up + {args.repeats} timed runs per case", file=sys.stderr, flush=True)

@@ -346,15 +346,59 @@ def print_markdown_table(columns: list[str], rows: list[list[str]], left: int = 
         print("| " + " | ".join(row) + " |")
 
 
+def device_slug(device: torch.device) -> str:
+    """The device's name as a file-name part: ``NVIDIA H100 80GB HBM3`` -> ``nvidia-h100-80gb-hbm3``."""
+    name = device_name(device).lower()
+    slug = "".join(ch if ch.isalnum() else "-" for ch in name)
+    while "--" in slug:
+        slug = slug.replace("--", "-")
+    return slug.strip("-") or device.type
+
+
 def out_paths(out: str | None, devices: list[torch.device], stem: str) -> dict[str, Path]:
-    """JSON path per device: ``benchmarks/results/<stem>_<device>.json`` by default; ``out``
-    for a single device; ``out`` with ``_<device>`` before the suffix for several."""
+    """JSON path per device: ``benchmarks/results/<stem>_<device>.json`` by default (for CUDA
+    ``<stem>_cuda_<gpu name>.json``, so that runs on different GPUs do not overwrite each
+    other); ``out`` for a single device; ``out`` with ``_<device>`` before the suffix for several."""
     if out is None:
-        return {d.type: REPO / "benchmarks" / "results" / f"{stem}_{d.type}.json" for d in devices}
+        names = {d.type: d.type if d.type != "cuda" else f"cuda_{device_slug(d)}" for d in devices}
+        return {d.type: REPO / "benchmarks" / "results" / f"{stem}_{names[d.type]}.json" for d in devices}
     path = Path(out)
     if len(devices) == 1:
         return {devices[0].type: path}
     return {d.type: path.with_name(f"{path.stem}_{d.type}{path.suffix}") for d in devices}
+
+
+def copy_bandwidth(device: torch.device, mib: int | None = None, repeats: int = 5) -> dict:
+    """Measured device memory bandwidth of ``dst.copy_(src)`` on a big float32 tensor (1 GiB on
+    CUDA, 256 MiB on CPU by default): bytes read + written over the median time, GB/s."""
+    mib = mib or (1024 if device.type == "cuda" else 256)
+    n = mib * 2**20 // 4
+    src = torch.rand(n, device=device)
+    dst = torch.empty_like(src)
+    times = time_case({"copy": lambda: dst.copy_(src)}, repeats, 1, device)["copy"]
+    median = statistics.median(times)
+    del src, dst
+    free_cuda(device)
+    return {"copy_mib": mib, "copy_time_s": median, "copy_gbps": 2 * n * 4 / median / 1e9}
+
+
+def compile_or_none(fn, device: torch.device, enabled: bool, wrap=None):
+    """``(runner, None)`` with ``runner = wrap(torch.compile(fn))`` (or the compiled ``fn``
+    itself), called once here, or ``(None, reason)`` when disabled or when compiling or that
+    first call fails (the reason goes in the report, the number is 'n/a')."""
+    if not enabled:
+        return None, "not run (--compile off; auto runs it on CUDA only)"
+    try:
+        compiled = torch.compile(fn)
+        if wrap is not None:
+            compiled = wrap(compiled)
+        compiled()  # compile now: errors surface here, not in the timed runs
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return compiled, None
+    except Exception as err:  # noqa: BLE001 - any failure means "n/a", with the reason
+        lines = str(err).strip().splitlines()
+        return None, f"{type(err).__name__}: {lines[0][:300] if lines else ''}"
 
 
 def write_json(path: Path, report: dict) -> None:

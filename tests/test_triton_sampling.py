@@ -236,4 +236,4 @@ def test_registered_for_the_sampling_ops():
         assert _backend.select(op, DEVICE, backend="triton") is sampling
     assert _backend.select("warp", torch.device("cpu")) is not sampling  # auto: reference off CUDA
     with pytest.raises(ValueError, match="no Triton kernel"):
-        _backend.select("exp", DEVICE, backend="triton")
+        _backend.select("jacobian_det", DEVICE, backend="triton")

@@ -9,7 +9,7 @@ pull convention ``warped(x) = moving(x + u(x))``; sampling grids and ``theta`` e
 ``torch.nn.functional.grid_sample`` / ``affine_grid``.
 """
 
-from regnet.ops._backend import get_backend, set_backend
+from regnet.ops._backend import get_backend, is_deterministic, set_backend, set_deterministic
 from regnet.ops.affine import affine_grid, affine_transform, compose_affine
 from regnet.ops.compose import compose
 from regnet.ops.exp import exp
@@ -29,9 +29,11 @@ __all__ = [
     "gaussian_smooth",
     "get_backend",
     "grid_sample",
+    "is_deterministic",
     "jacobian_det",
     "joint_histogram",
     "local_ncc",
     "set_backend",
+    "set_deterministic",
     "warp",
 ]

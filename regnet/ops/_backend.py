@@ -8,6 +8,10 @@ The backend is chosen, in order of precedence, by the ``backend=`` argument of a
 ``set_backend(...)``, and by the ``REGNET_BACKEND`` environment variable; ``"auto"`` (the
 default) takes Triton for CUDA tensors when Triton imports and has a kernel for the op, and
 the reference otherwise.
+
+Deterministic mode (``set_deterministic(True)``, or ``torch.use_deterministic_algorithms(True)``)
+makes the Triton backward passes avoid float atomics, so that gradients repeat bit for bit
+(see ``docs/triton.md``). It is read when a backward pass runs.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from types import ModuleType
 
 BACKENDS = ("auto", "torch", "triton")
 _global_backend: str | None = None
+_deterministic = False
 
 
 def _check_name(name, source: str) -> str:
@@ -42,6 +47,26 @@ def get_backend() -> str:
         return _global_backend
     env = os.environ.get("REGNET_BACKEND")
     return _check_name(env, "the REGNET_BACKEND environment variable") if env else "auto"
+
+
+def set_deterministic(flag: bool) -> None:
+    """Make the Triton kernels' gradients bitwise repeatable (no float atomics), at some cost in
+    speed and memory; ``False`` restores the default fast path. ``torch.use_deterministic_algorithms
+    (True)`` has the same effect while it is on."""
+    global _deterministic
+    if not isinstance(flag, bool):
+        raise TypeError(f"set_deterministic(flag) must be a bool, got {type(flag).__name__}")
+    _deterministic = flag
+
+
+def is_deterministic() -> bool:
+    """Whether deterministic mode is on: ``set_deterministic(True)`` or
+    ``torch.are_deterministic_algorithms_enabled()``."""
+    if _deterministic:
+        return True
+    import torch
+
+    return torch.are_deterministic_algorithms_enabled()
 
 
 def _triton_kernels() -> dict:

@@ -12,12 +12,15 @@ try:
 except ImportError:  # pragma: no cover - depends on the environment
     KERNELS: dict = {}
 else:
-    from regnet.ops._triton import sampling
+    from regnet.ops._triton import fields, gaussian, sampling
 
     KERNELS = {
         "grid_sample": sampling,
         "warp": sampling,
         "affine_transform": sampling,
+        "compose": fields,
+        "exp": fields,
+        "gaussian_smooth": gaussian,
     }
 
 NAME = "triton"

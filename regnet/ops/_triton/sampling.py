@@ -23,6 +23,10 @@ for float64 inputs) buffer; the gradient of the sample point is gathered per vox
 accumulator per corner summed over channels) and chained to the grid, the DDF, or
 ``theta`` (reduced over the program's voxels, then one atomic add per entry per program).
 Arithmetic is float32 for float16/bfloat16/float32 inputs and float64 for float64 inputs.
+
+Deterministic mode (:func:`regnet.ops._backend.is_deterministic`): no float atomics. The
+image gradient comes from :func:`regnet.ops._triton.scatter.image_grad` (sort + gather), the
+``theta`` gradient from per-program partial sums (``DET``) that torch adds up.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
+from regnet.ops._backend import is_deterministic
 from regnet.ops._checks import MODE_CODE, PADDING_CODE
 
 SOURCE_GRID, SOURCE_DDF, SOURCE_AFFINE = 0, 1, 2
@@ -120,12 +125,14 @@ def _linspace(k, n, ALIGN: tl.constexpr, CDT: tl.constexpr):
 
 
 @triton.jit
-def _sample_point(src_ptr, b, offs, lane, k0, k1, k2, S0, S1, S2, O0, O1, O2,
+def _sample_point(src_ptr, scale, b, offs, lane, k0, k1, k2, S0, S1, S2, O0, O1, O2,
                   NDIM: tl.constexpr, SOURCE: tl.constexpr, ALIGN: tl.constexpr, CDT: tl.constexpr):
     """Sample point of each output voxel in input voxel coordinates ``(p0, p1, p2)`` along the
     array axes, the factors ``(m0, m1, m2)`` d(p)/d(source value), and the voxel's normalised
     base coordinates ``(x, y, z)`` (only meaningful for the affine source).
-    In 2D the third entries are placeholders."""
+    ``scale`` multiplies the displacements of the DDF source (a power of two: ``exp``'s
+    ``svf / 2**steps`` without a scaled copy; 1 otherwise). In 2D the third entries are
+    placeholders."""
     n_out = O0 * O1 * O2
     if SOURCE == 0:  # grid (B, *out, NDIM), last dim (x, y[, z])
         gptr = src_ptr + b * n_out * NDIM + offs * NDIM
@@ -143,15 +150,15 @@ def _sample_point(src_ptr, b, offs, lane, k0, k1, k2, S0, S1, S2, O0, O1, O2,
         x, y, z = gx, gy, gx
     elif SOURCE == 1:  # ddf (B, NDIM, *spatial), channel a along array axis a, voxel units
         dptr = src_ptr + b * n_out * NDIM + offs
-        u0 = tl.load(dptr, mask=lane, other=0.0).to(CDT)
-        u1 = tl.load(dptr + n_out, mask=lane, other=0.0).to(CDT)
+        u0 = tl.load(dptr, mask=lane, other=0.0).to(CDT) * scale
+        u1 = tl.load(dptr + n_out, mask=lane, other=0.0).to(CDT) * scale
         # An axis of one voxel samples at 0 whatever the displacement (MONAI's normalisation).
         p0 = tl.where(S0 > 1, k0.to(CDT) + u0, 0.0)
         p1 = tl.where(S1 > 1, k1.to(CDT) + u1, 0.0)
         m0 = tl.where(S0 > 1, 1.0, 0.0)
         m1 = tl.where(S1 > 1, 1.0, 0.0)
         if NDIM == 3:
-            u2 = tl.load(dptr + 2 * n_out, mask=lane, other=0.0).to(CDT)
+            u2 = tl.load(dptr + 2 * n_out, mask=lane, other=0.0).to(CDT) * scale
             p2 = tl.where(S2 > 1, k2.to(CDT) + u2, 0.0)
             m2 = tl.where(S2 > 1, 1.0, 0.0)
         else:
@@ -182,7 +189,7 @@ def _sample_point(src_ptr, b, offs, lane, k0, k1, k2, S0, S1, S2, O0, O1, O2,
 
 
 @triton.jit
-def _padded_point(src_ptr, S0, S1, S2, O0, O1, O2, NDIM: tl.constexpr, SOURCE: tl.constexpr,
+def _padded_point(src_ptr, scale, S0, S1, S2, O0, O1, O2, NDIM: tl.constexpr, SOURCE: tl.constexpr,
                   PADDING: tl.constexpr, ALIGN: tl.constexpr, CDT: tl.constexpr, BLOCK: tl.constexpr):
     """The part both kernels share: this program's output voxels, their sample points in
     voxels of the input, padded, with the padding's gradient factors (``g2`` is 1 in 2D)."""
@@ -198,7 +205,7 @@ def _padded_point(src_ptr, S0, S1, S2, O0, O1, O2, NDIM: tl.constexpr, SOURCE: t
     k0 = rest // O1
 
     p0, p1, p2, m0, m1, m2, x, y, z = _sample_point(
-        src_ptr, b, offs, lane, k0, k1, k2, S0, S1, S2, O0, O1, O2, NDIM, SOURCE, ALIGN, CDT)
+        src_ptr, scale, b, offs, lane, k0, k1, k2, S0, S1, S2, O0, O1, O2, NDIM, SOURCE, ALIGN, CDT)
     p0, g0 = _pad(p0, S0, PADDING, ALIGN)
     p1, g1 = _pad(p1, S1, PADDING, ALIGN)
     if NDIM == 3:
@@ -244,7 +251,7 @@ def _sample_forward_kernel(
     ALIGN: tl.constexpr, CDT: tl.constexpr, BLOCK: tl.constexpr,
 ):
     b, offs, lane, n_out, n_in, p0, p1, p2, g0, g1, g2, m0, m1, m2, x, y, z = _padded_point(
-        src_ptr, S0, S1, S2, O0, O1, O2, NDIM, SOURCE, PADDING, ALIGN, CDT, BLOCK)
+        src_ptr, 1.0, S0, S1, S2, O0, O1, O2, NDIM, SOURCE, PADDING, ALIGN, CDT, BLOCK)
 
     out_dtype = out_ptr.dtype.element_ty
     img_b = img_ptr + b * C * n_in
@@ -313,8 +320,18 @@ def _sample_forward_kernel(
 
 
 @triton.jit
+def _put(ptr, value, DET: tl.constexpr):
+    """Add a program's partial sum to a ``theta`` gradient entry: atomically, or (``DET``)
+    stored into the program's own slot of a partials buffer that torch sums afterwards."""
+    if DET:
+        tl.store(ptr, value)
+    else:
+        tl.atomic_add(ptr, value)
+
+
+@triton.jit
 def _emit_point_grad(gsrc_ptr, b, offs, lane, gp0, gp1, gp2, x, y, z, O0, O1, O2,
-                     NDIM: tl.constexpr, SOURCE: tl.constexpr):
+                     NDIM: tl.constexpr, SOURCE: tl.constexpr, DET: tl.constexpr):
     """Chain d(loss)/d(sample point, per source value) to the grid, the DDF or theta."""
     n_out = O0 * O1 * O2
     if SOURCE == 0:  # grid (B, *out, NDIM): component NDIM - 1 - a belongs to array axis a
@@ -335,32 +352,35 @@ def _emit_point_grad(gsrc_ptr, b, offs, lane, gp0, gp1, gp2, x, y, z, O0, O1, O2
         if NDIM == 3:
             tl.store(dptr + 2 * n_out, gp2.to(dtype), mask=lane)
     else:  # theta (B, NDIM, NDIM + 1): grad[r, c] = sum_voxels d/d(grid_r) * base_c
-        tptr = gsrc_ptr + b * (NDIM * (NDIM + 1))
+        if DET:  # partials (B, programs, NDIM * (NDIM + 1))
+            tptr = gsrc_ptr + (b * tl.num_programs(0) + tl.program_id(0)) * (NDIM * (NDIM + 1))
+        else:
+            tptr = gsrc_ptr + b * (NDIM * (NDIM + 1))
         if NDIM == 3:
             gx = tl.where(lane, gp2, 0.0)
             gy = tl.where(lane, gp1, 0.0)
             gz = tl.where(lane, gp0, 0.0)
-            tl.atomic_add(tptr + 0, tl.sum(gx * x, axis=0))
-            tl.atomic_add(tptr + 1, tl.sum(gx * y, axis=0))
-            tl.atomic_add(tptr + 2, tl.sum(gx * z, axis=0))
-            tl.atomic_add(tptr + 3, tl.sum(gx, axis=0))
-            tl.atomic_add(tptr + 4, tl.sum(gy * x, axis=0))
-            tl.atomic_add(tptr + 5, tl.sum(gy * y, axis=0))
-            tl.atomic_add(tptr + 6, tl.sum(gy * z, axis=0))
-            tl.atomic_add(tptr + 7, tl.sum(gy, axis=0))
-            tl.atomic_add(tptr + 8, tl.sum(gz * x, axis=0))
-            tl.atomic_add(tptr + 9, tl.sum(gz * y, axis=0))
-            tl.atomic_add(tptr + 10, tl.sum(gz * z, axis=0))
-            tl.atomic_add(tptr + 11, tl.sum(gz, axis=0))
+            _put(tptr + 0, tl.sum(gx * x, axis=0), DET)
+            _put(tptr + 1, tl.sum(gx * y, axis=0), DET)
+            _put(tptr + 2, tl.sum(gx * z, axis=0), DET)
+            _put(tptr + 3, tl.sum(gx, axis=0), DET)
+            _put(tptr + 4, tl.sum(gy * x, axis=0), DET)
+            _put(tptr + 5, tl.sum(gy * y, axis=0), DET)
+            _put(tptr + 6, tl.sum(gy * z, axis=0), DET)
+            _put(tptr + 7, tl.sum(gy, axis=0), DET)
+            _put(tptr + 8, tl.sum(gz * x, axis=0), DET)
+            _put(tptr + 9, tl.sum(gz * y, axis=0), DET)
+            _put(tptr + 10, tl.sum(gz * z, axis=0), DET)
+            _put(tptr + 11, tl.sum(gz, axis=0), DET)
         else:
             gx = tl.where(lane, gp1, 0.0)
             gy = tl.where(lane, gp0, 0.0)
-            tl.atomic_add(tptr + 0, tl.sum(gx * x, axis=0))
-            tl.atomic_add(tptr + 1, tl.sum(gx * y, axis=0))
-            tl.atomic_add(tptr + 2, tl.sum(gx, axis=0))
-            tl.atomic_add(tptr + 3, tl.sum(gy * x, axis=0))
-            tl.atomic_add(tptr + 4, tl.sum(gy * y, axis=0))
-            tl.atomic_add(tptr + 5, tl.sum(gy, axis=0))
+            _put(tptr + 0, tl.sum(gx * x, axis=0), DET)
+            _put(tptr + 1, tl.sum(gx * y, axis=0), DET)
+            _put(tptr + 2, tl.sum(gx, axis=0), DET)
+            _put(tptr + 3, tl.sum(gy * x, axis=0), DET)
+            _put(tptr + 4, tl.sum(gy * y, axis=0), DET)
+            _put(tptr + 5, tl.sum(gy, axis=0), DET)
 
 
 @triton.jit(do_not_specialize=_SIZE_ARGS)
@@ -369,10 +389,10 @@ def _sample_backward_kernel(
     C, S0, S1, S2, O0, O1, O2,
     NDIM: tl.constexpr, SOURCE: tl.constexpr, MODE: tl.constexpr, PADDING: tl.constexpr,
     ALIGN: tl.constexpr, CDT: tl.constexpr, NEED_IMAGE: tl.constexpr, NEED_SOURCE: tl.constexpr,
-    BLOCK: tl.constexpr,
+    DET: tl.constexpr, BLOCK: tl.constexpr,
 ):
     b, offs, lane, n_out, n_in, p0, p1, p2, g0, g1, g2, m0, m1, m2, x, y, z = _padded_point(
-        src_ptr, S0, S1, S2, O0, O1, O2, NDIM, SOURCE, PADDING, ALIGN, CDT, BLOCK)
+        src_ptr, 1.0, S0, S1, S2, O0, O1, O2, NDIM, SOURCE, PADDING, ALIGN, CDT, BLOCK)
 
     img_b = img_ptr + b * C * n_in
     gimg_b = gimg_ptr + b * C * n_in
@@ -423,7 +443,7 @@ def _sample_backward_kernel(
         if NEED_SOURCE:
             gp1 = (wa0 * (s01 - s00) + wa1 * (s11 - s10)) * (m1 * g1)
             gp0 = (wc0 * (s10 - s00) + wc1 * (s11 - s01)) * (m0 * g0)
-            _emit_point_grad(gsrc_ptr, b, offs, lane, gp0, gp1, gp1, x, y, z, O0, O1, O2, NDIM, SOURCE)
+            _emit_point_grad(gsrc_ptr, b, offs, lane, gp0, gp1, gp1, x, y, z, O0, O1, O2, NDIM, SOURCE, DET)
     else:
         a0, a1, wa0, wa1, va0, va1 = _linear_axis(p0, S0)
         b0, b1, wb0, wb1, vb0, vb1 = _linear_axis(p1, S1)
@@ -477,7 +497,7 @@ def _sample_backward_kernel(
                    + wa1 * (wc0 * (s110 - s100) + wc1 * (s111 - s101))) * (m1 * g1)
             gp0 = (wb0 * (wc0 * (s100 - s000) + wc1 * (s101 - s001))
                    + wb1 * (wc0 * (s110 - s010) + wc1 * (s111 - s011))) * (m0 * g0)
-            _emit_point_grad(gsrc_ptr, b, offs, lane, gp0, gp1, gp2, x, y, z, O0, O1, O2, NDIM, SOURCE)
+            _emit_point_grad(gsrc_ptr, b, offs, lane, gp0, gp1, gp2, x, y, z, O0, O1, O2, NDIM, SOURCE, DET)
 
 
 # --- launchers ------------------------------------------------------------------------------
@@ -528,13 +548,18 @@ def _forward(image, src, out_spatial, source, mode, padding_mode, align_corners)
 
 def _backward(grad, image, src, out_spatial, source, mode, padding_mode, align_corners,
               needs_image, needs_source, source_grad_shape, source_grad_dtype):
-    """Return ``(grad_image, grad_source)``, ``None`` where not needed."""
+    """Return ``(grad_image, grad_source)``, ``None`` where not needed.
+
+    In deterministic mode (:func:`regnet.ops._backend.is_deterministic`) no float atomics
+    are used: the image gradient is gathered (:mod:`regnet.ops._triton.scatter`) and the
+    ``theta`` gradient is summed by torch from per-program partial sums."""
     need_source = needs_source and mode == "bilinear"  # nearest: zero gradient, no kernel work
     grad_source = None
     if needs_source and not need_source:
         grad_source = torch.zeros(source_grad_shape, dtype=source_grad_dtype, device=image.device)
     if not (needs_image or need_source):
         return None, grad_source
+    det = is_deterministic()
     grad = grad.contiguous()
     image = image.contiguous()
     src = src.contiguous()
@@ -542,24 +567,36 @@ def _backward(grad, image, src, out_spatial, source, mode, padding_mode, align_c
     ndim = image.dim() - 2
     cdt, acc = _compute_dtype(image.dtype)
     _check_int32(image, grad)
-    grad_image = torch.zeros(image.shape, dtype=acc, device=image.device) if needs_image else None
+    n_out = math.prod(out_spatial)
+    programs = triton.cdiv(n_out, BLOCK)
+    grad_image = None
+    if needs_image and not det:
+        grad_image = torch.zeros(image.shape, dtype=acc, device=image.device)
     if need_source:
-        if source == SOURCE_AFFINE:  # per-program partial sums are added atomically
+        if source == SOURCE_AFFINE and det:  # per-program partial sums, summed below
+            grad_source = _empty((batch, programs, source_grad_shape[1] * source_grad_shape[2]), acc, image.device)
+        elif source == SOURCE_AFFINE:  # per-program partial sums are added atomically
             grad_source = torch.zeros(source_grad_shape, dtype=acc, device=image.device)
         else:  # every element written exactly once
             grad_source = _empty(source_grad_shape, source_grad_dtype, image.device)
-    n_out = math.prod(out_spatial)
-    if n_out > 0 and batch > 0:
-        launch = (triton.cdiv(n_out, BLOCK), batch)
-        _sample_backward_kernel[launch](
+    kernel_image = needs_image and not det
+    if n_out > 0 and batch > 0 and (kernel_image or need_source):
+        _sample_backward_kernel[(programs, batch)](
             grad, image, src,
             grad_image if grad_image is not None else image,
             grad_source if need_source else image,
             channels, *_sizes(image.shape[2:]), *_sizes(out_spatial),
             NDIM=ndim, SOURCE=source, MODE=MODE_CODE[mode], PADDING=PADDING_CODE[padding_mode],
-            ALIGN=bool(align_corners), CDT=cdt, NEED_IMAGE=bool(needs_image), NEED_SOURCE=need_source,
-            BLOCK=BLOCK, num_warps=NUM_WARPS,
+            ALIGN=bool(align_corners), CDT=cdt, NEED_IMAGE=kernel_image, NEED_SOURCE=need_source,
+            DET=det, BLOCK=BLOCK, num_warps=NUM_WARPS,
         )
+    if needs_image and det:
+        from regnet.ops._triton import scatter
+
+        grad_image = scatter.image_grad(grad, src, image.shape, source, mode, padding_mode, align_corners,
+                                        acc_dtype=acc)
+    if need_source and source == SOURCE_AFFINE and det:
+        grad_source = grad_source.sum(dim=1).view(source_grad_shape)
     if grad_image is not None:
         grad_image = grad_image.to(image.dtype)
     if grad_source is not None:

@@ -1,0 +1,421 @@
+"""Fused Triton kernels for displacement fields: ``compose`` and ``exp`` (scaling and squaring).
+
+Both are built on one step, ``out = s*u2 + sample(s*u1, x + s*u2)`` per voxel, with MONAI's
+``Warp`` convention (voxel units, ``align_corners=True``, channel ``a`` along array axis ``a``;
+an axis of one voxel samples at 0): ``compose(u1, u2)`` is one step with ``s = 1``; each
+squaring ``u <- u + warp(u, u)`` of ``exp`` is one step with ``u1 = u2 = u``. The first
+squaring reads the velocity itself with ``s = 2**-steps``, so ``svf / 2**steps`` is never
+materialised (a power-of-two factor is exact: same numbers). The sample point comes straight
+from the field (no grid tensor) through the sampling kernels' helpers
+(:mod:`regnet.ops._triton.sampling`: padding, reflection, rounding, weights are theirs).
+
+Backward of one step, given ``G = d loss / d out``:
+
+- w.r.t. the sampled field ``u1``: ``G`` scattered through the interpolation weights
+  (``tl.atomic_add`` into a float32/float64 buffer; in deterministic mode the gather of
+  :mod:`regnet.ops._triton.scatter` instead);
+- w.r.t. the displacement ``u2``: ``G`` itself plus the gradient of the sample point,
+  gathered per voxel (``sum_c G_c * d sample(u1_c) / d point``), with the padding's factors.
+
+``exp`` backward does not keep the ``steps`` intermediate fields between forward and backward:
+the forward saves only ``svf`` (an input, so nothing extra). The backward recomputes the
+chain with checkpoints every ``c = ceil(sqrt(steps))`` squarings and replays each segment
+just before going back through it: ``steps / c + c`` fields alive at most (7 steps: 4
+instead of 7) for about two forward passes of extra work; a forward squaring reads ``ndim``
+channels and costs a fraction of a backward step with its atomics.
+
+Arithmetic is float32 for float16/bfloat16/float32 and float64 for float64. ``exp`` keeps
+its intermediate fields and the gradient in float32 for float16/bfloat16 inputs, and rounds
+only the result to the input dtype.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from regnet.ops._backend import is_deterministic
+from regnet.ops._checks import MODE_CODE, PADDING_CODE
+from regnet.ops._triton.sampling import (
+    SOURCE_DDF,
+    _SIZE_ARGS,
+    _check_int32,
+    _compute_dtype,
+    _linear_axis,
+    _nearest_axis,
+    _padded_point,
+    _sizes,
+)
+
+BLOCK = 256
+NUM_WARPS = 4
+_MAX_FUSED_STEPS = 100  # 2**-steps stays a normal float32 number; beyond, svf is divided first
+
+
+# --- kernels --------------------------------------------------------------------------------
+
+@triton.jit(do_not_specialize=_SIZE_ARGS)
+def _step_forward_kernel(
+    out_ptr, u1_ptr, u2_ptr, scale, S0, S1, S2,
+    NDIM: tl.constexpr, MODE: tl.constexpr, PADDING: tl.constexpr, CDT: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """``out = s*u2 + sample(s*u1, x + s*u2)``; fields ``(B, NDIM, S0, S1[, S2])``."""
+    b, offs, lane, n, n_in, p0, p1, p2, g0, g1, g2, m0, m1, m2, x, y, z = _padded_point(
+        u2_ptr, scale, S0, S1, S2, S0, S1, S2, NDIM, 1, PADDING, True, CDT, BLOCK)
+    out_dtype = out_ptr.dtype.element_ty
+    u1_b = u1_ptr + b * NDIM * n
+    u2_b = u2_ptr + b * NDIM * n + offs
+    out_b = out_ptr + b * NDIM * n + offs
+    if MODE == 1:  # nearest
+        i0, v0 = _nearest_axis(p0, S0)
+        i1, v1 = _nearest_axis(p1, S1)
+        off = i0 * S1 + i1
+        valid = lane & v0 & v1
+        if NDIM == 3:
+            i2, v2 = _nearest_axis(p2, S2)
+            off = off * S2 + i2
+            valid = valid & v2
+        for c in tl.static_range(NDIM):
+            val = tl.load(u1_b + c * n + off, mask=valid, other=0.0).to(CDT) * scale
+            own = tl.load(u2_b + c * n, mask=lane, other=0.0).to(CDT) * scale
+            tl.store(out_b + c * n, (own + val).to(out_dtype), mask=lane)
+    elif NDIM == 2:
+        a0, a1, wa0, wa1, va0, va1 = _linear_axis(p0, S0)
+        c0, c1, wc0, wc1, vc0, vc1 = _linear_axis(p1, S1)
+        o00 = a0 * S1 + c0
+        o01 = a0 * S1 + c1
+        o10 = a1 * S1 + c0
+        o11 = a1 * S1 + c1
+        q00 = lane & va0 & vc0
+        q01 = lane & va0 & vc1
+        q10 = lane & va1 & vc0
+        q11 = lane & va1 & vc1
+        w00 = wc0 * wa0
+        w01 = wc1 * wa0
+        w10 = wc0 * wa1
+        w11 = wc1 * wa1
+        for c in tl.static_range(2):
+            base = u1_b + c * n
+            acc = tl.load(base + o00, mask=q00, other=0.0).to(CDT) * scale * w00
+            acc += tl.load(base + o01, mask=q01, other=0.0).to(CDT) * scale * w01
+            acc += tl.load(base + o10, mask=q10, other=0.0).to(CDT) * scale * w10
+            acc += tl.load(base + o11, mask=q11, other=0.0).to(CDT) * scale * w11
+            own = tl.load(u2_b + c * n, mask=lane, other=0.0).to(CDT) * scale
+            tl.store(out_b + c * n, (own + acc).to(out_dtype), mask=lane)
+    else:
+        a0, a1, wa0, wa1, va0, va1 = _linear_axis(p0, S0)
+        b0, b1, wb0, wb1, vb0, vb1 = _linear_axis(p1, S1)
+        c0, c1, wc0, wc1, vc0, vc1 = _linear_axis(p2, S2)
+        r00 = (a0 * S1 + b0) * S2
+        r01 = (a0 * S1 + b1) * S2
+        r10 = (a1 * S1 + b0) * S2
+        r11 = (a1 * S1 + b1) * S2
+        q00 = lane & va0 & vb0
+        q01 = lane & va0 & vb1
+        q10 = lane & va1 & vb0
+        q11 = lane & va1 & vb1
+        w00 = wc0 * wb0
+        w01 = wc1 * wb0
+        w10 = wc0 * wb1
+        w11 = wc1 * wb1
+        for c in tl.static_range(3):
+            base = u1_b + c * n
+            acc = tl.load(base + r00 + c0, mask=q00 & vc0, other=0.0).to(CDT) * scale * (w00 * wa0)
+            acc += tl.load(base + r00 + c1, mask=q00 & vc1, other=0.0).to(CDT) * scale * (w01 * wa0)
+            acc += tl.load(base + r01 + c0, mask=q01 & vc0, other=0.0).to(CDT) * scale * (w10 * wa0)
+            acc += tl.load(base + r01 + c1, mask=q01 & vc1, other=0.0).to(CDT) * scale * (w11 * wa0)
+            acc += tl.load(base + r10 + c0, mask=q10 & vc0, other=0.0).to(CDT) * scale * (w00 * wa1)
+            acc += tl.load(base + r10 + c1, mask=q10 & vc1, other=0.0).to(CDT) * scale * (w01 * wa1)
+            acc += tl.load(base + r11 + c0, mask=q11 & vc0, other=0.0).to(CDT) * scale * (w10 * wa1)
+            acc += tl.load(base + r11 + c1, mask=q11 & vc1, other=0.0).to(CDT) * scale * (w11 * wa1)
+            own = tl.load(u2_b + c * n, mask=lane, other=0.0).to(CDT) * scale
+            tl.store(out_b + c * n, (own + acc).to(out_dtype), mask=lane)
+
+
+@triton.jit
+def _emit_displacement_grad(gout_b, g2_b, n, lane, gp0, gp1, gp2, NDIM: tl.constexpr, G2_ATOMIC: tl.constexpr):
+    """``d loss / d u2 = G + point gradient``: stored (``g2 = G + gp``, every element once),
+    or (``G2_ATOMIC``) added onto a buffer that already holds ``G`` and receives the scatter."""
+    if G2_ATOMIC:
+        tl.atomic_add(g2_b, gp0, mask=lane)
+        tl.atomic_add(g2_b + n, gp1, mask=lane)
+        if NDIM == 3:
+            tl.atomic_add(g2_b + 2 * n, gp2, mask=lane)
+    else:
+        dtype = g2_b.dtype.element_ty
+        cdt = gp0.dtype
+        tl.store(g2_b, (tl.load(gout_b, mask=lane, other=0.0).to(cdt) + gp0).to(dtype), mask=lane)
+        tl.store(g2_b + n, (tl.load(gout_b + n, mask=lane, other=0.0).to(cdt) + gp1).to(dtype), mask=lane)
+        if NDIM == 3:
+            tl.store(g2_b + 2 * n, (tl.load(gout_b + 2 * n, mask=lane, other=0.0).to(cdt) + gp2).to(dtype),
+                     mask=lane)
+
+
+@triton.jit(do_not_specialize=_SIZE_ARGS)
+def _step_backward_kernel(
+    gout_ptr, u1_ptr, u2_ptr, g1_ptr, g2_ptr, scale, S0, S1, S2,
+    NDIM: tl.constexpr, MODE: tl.constexpr, PADDING: tl.constexpr, CDT: tl.constexpr,
+    NEED_1: tl.constexpr, NEED_2: tl.constexpr, G2_ATOMIC: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Backward of ``out = s*u2 + sample(s*u1, x + s*u2)`` w.r.t. ``s*u1`` (``NEED_1``: atomic
+    scatter into ``g1``) and ``s*u2`` (``NEED_2``: see :func:`_emit_displacement_grad`)."""
+    b, offs, lane, n, n_in, p0, p1, p2, g0, g1, g2, m0, m1, m2, x, y, z = _padded_point(
+        u2_ptr, scale, S0, S1, S2, S0, S1, S2, NDIM, 1, PADDING, True, CDT, BLOCK)
+    gout_b = gout_ptr + b * NDIM * n + offs
+    u1_b = u1_ptr + b * NDIM * n
+    g1_b = g1_ptr + b * NDIM * n
+    g2_b = g2_ptr + b * NDIM * n + offs
+    if MODE == 1:  # nearest: the sample point has zero gradient
+        if NEED_1:
+            i0, v0 = _nearest_axis(p0, S0)
+            i1, v1 = _nearest_axis(p1, S1)
+            off = i0 * S1 + i1
+            valid = lane & v0 & v1
+            if NDIM == 3:
+                i2, v2 = _nearest_axis(p2, S2)
+                off = off * S2 + i2
+                valid = valid & v2
+            for c in tl.static_range(NDIM):
+                go = tl.load(gout_b + c * n, mask=lane, other=0.0).to(CDT)
+                tl.atomic_add(g1_b + c * n + off, go, mask=valid)
+        if NEED_2:
+            zero = tl.zeros([BLOCK], CDT)
+            _emit_displacement_grad(gout_b, g2_b, n, lane, zero, zero, zero, NDIM, G2_ATOMIC)
+    elif NDIM == 2:
+        a0, a1, wa0, wa1, va0, va1 = _linear_axis(p0, S0)
+        c0, c1, wc0, wc1, vc0, vc1 = _linear_axis(p1, S1)
+        o00 = a0 * S1 + c0
+        o01 = a0 * S1 + c1
+        o10 = a1 * S1 + c0
+        o11 = a1 * S1 + c1
+        q00 = lane & va0 & vc0
+        q01 = lane & va0 & vc1
+        q10 = lane & va1 & vc0
+        q11 = lane & va1 & vc1
+        s00 = tl.zeros([BLOCK], CDT)
+        s01 = tl.zeros([BLOCK], CDT)
+        s10 = tl.zeros([BLOCK], CDT)
+        s11 = tl.zeros([BLOCK], CDT)
+        for c in tl.static_range(2):
+            go = tl.load(gout_b + c * n, mask=lane, other=0.0).to(CDT)
+            if NEED_1:
+                gbase = g1_b + c * n
+                tl.atomic_add(gbase + o00, go * (wc0 * wa0), mask=q00)
+                tl.atomic_add(gbase + o01, go * (wc1 * wa0), mask=q01)
+                tl.atomic_add(gbase + o10, go * (wc0 * wa1), mask=q10)
+                tl.atomic_add(gbase + o11, go * (wc1 * wa1), mask=q11)
+            if NEED_2:
+                base = u1_b + c * n
+                s00 += go * tl.load(base + o00, mask=q00, other=0.0).to(CDT)
+                s01 += go * tl.load(base + o01, mask=q01, other=0.0).to(CDT)
+                s10 += go * tl.load(base + o10, mask=q10, other=0.0).to(CDT)
+                s11 += go * tl.load(base + o11, mask=q11, other=0.0).to(CDT)
+        if NEED_2:
+            gp1 = (wa0 * (s01 - s00) + wa1 * (s11 - s10)) * (m1 * g1) * scale
+            gp0 = (wc0 * (s10 - s00) + wc1 * (s11 - s01)) * (m0 * g0) * scale
+            _emit_displacement_grad(gout_b, g2_b, n, lane, gp0, gp1, gp1, NDIM, G2_ATOMIC)
+    else:
+        a0, a1, wa0, wa1, va0, va1 = _linear_axis(p0, S0)
+        b0, b1, wb0, wb1, vb0, vb1 = _linear_axis(p1, S1)
+        c0, c1, wc0, wc1, vc0, vc1 = _linear_axis(p2, S2)
+        r00 = (a0 * S1 + b0) * S2
+        r01 = (a0 * S1 + b1) * S2
+        r10 = (a1 * S1 + b0) * S2
+        r11 = (a1 * S1 + b1) * S2
+        q000 = lane & va0 & vb0 & vc0
+        q001 = lane & va0 & vb0 & vc1
+        q010 = lane & va0 & vb1 & vc0
+        q011 = lane & va0 & vb1 & vc1
+        q100 = lane & va1 & vb0 & vc0
+        q101 = lane & va1 & vb0 & vc1
+        q110 = lane & va1 & vb1 & vc0
+        q111 = lane & va1 & vb1 & vc1
+        s000 = tl.zeros([BLOCK], CDT)
+        s001 = tl.zeros([BLOCK], CDT)
+        s010 = tl.zeros([BLOCK], CDT)
+        s011 = tl.zeros([BLOCK], CDT)
+        s100 = tl.zeros([BLOCK], CDT)
+        s101 = tl.zeros([BLOCK], CDT)
+        s110 = tl.zeros([BLOCK], CDT)
+        s111 = tl.zeros([BLOCK], CDT)
+        for c in tl.static_range(3):
+            go = tl.load(gout_b + c * n, mask=lane, other=0.0).to(CDT)
+            if NEED_1:
+                gbase = g1_b + c * n
+                tl.atomic_add(gbase + r00 + c0, go * (wc0 * wb0 * wa0), mask=q000)
+                tl.atomic_add(gbase + r00 + c1, go * (wc1 * wb0 * wa0), mask=q001)
+                tl.atomic_add(gbase + r01 + c0, go * (wc0 * wb1 * wa0), mask=q010)
+                tl.atomic_add(gbase + r01 + c1, go * (wc1 * wb1 * wa0), mask=q011)
+                tl.atomic_add(gbase + r10 + c0, go * (wc0 * wb0 * wa1), mask=q100)
+                tl.atomic_add(gbase + r10 + c1, go * (wc1 * wb0 * wa1), mask=q101)
+                tl.atomic_add(gbase + r11 + c0, go * (wc0 * wb1 * wa1), mask=q110)
+                tl.atomic_add(gbase + r11 + c1, go * (wc1 * wb1 * wa1), mask=q111)
+            if NEED_2:
+                base = u1_b + c * n
+                s000 += go * tl.load(base + r00 + c0, mask=q000, other=0.0).to(CDT)
+                s001 += go * tl.load(base + r00 + c1, mask=q001, other=0.0).to(CDT)
+                s010 += go * tl.load(base + r01 + c0, mask=q010, other=0.0).to(CDT)
+                s011 += go * tl.load(base + r01 + c1, mask=q011, other=0.0).to(CDT)
+                s100 += go * tl.load(base + r10 + c0, mask=q100, other=0.0).to(CDT)
+                s101 += go * tl.load(base + r10 + c1, mask=q101, other=0.0).to(CDT)
+                s110 += go * tl.load(base + r11 + c0, mask=q110, other=0.0).to(CDT)
+                s111 += go * tl.load(base + r11 + c1, mask=q111, other=0.0).to(CDT)
+        if NEED_2:
+            gp2 = (wa0 * (wb0 * (s001 - s000) + wb1 * (s011 - s010))
+                   + wa1 * (wb0 * (s101 - s100) + wb1 * (s111 - s110))) * (m2 * g2) * scale
+            gp1 = (wa0 * (wc0 * (s010 - s000) + wc1 * (s011 - s001))
+                   + wa1 * (wc0 * (s110 - s100) + wc1 * (s111 - s101))) * (m1 * g1) * scale
+            gp0 = (wb0 * (wc0 * (s100 - s000) + wc1 * (s101 - s001))
+                   + wb1 * (wc0 * (s110 - s010) + wc1 * (s111 - s011))) * (m0 * g0) * scale
+            _emit_displacement_grad(gout_b, g2_b, n, lane, gp0, gp1, gp2, NDIM, G2_ATOMIC)
+
+
+# --- launchers ------------------------------------------------------------------------------
+
+def _empty(shape, dtype, device) -> torch.Tensor:
+    """A buffer the kernel writes completely (tests replace this with a NaN-filled one)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _launch(u):
+    return (triton.cdiv(math.prod(u.shape[2:]), BLOCK), u.shape[0])
+
+
+def _step(u1, u2, scale, mode, padding_mode, out_dtype):
+    """One fused step ``s*u2 + sample(s*u1, x + s*u2)`` into a new ``out_dtype`` field."""
+    out = _empty(u2.shape, out_dtype, u2.device)
+    if out.numel() == 0:
+        return out
+    cdt, _ = _compute_dtype(u2.dtype)
+    _step_forward_kernel[_launch(u2)](
+        out, u1, u2, scale, *_sizes(u2.shape[2:]),
+        NDIM=u2.dim() - 2, MODE=MODE_CODE[mode], PADDING=PADDING_CODE[padding_mode], CDT=cdt,
+        BLOCK=BLOCK, num_warps=NUM_WARPS,
+    )
+    return out
+
+
+def _step_backward(grad, u1, u2, scale, mode, padding_mode, g1, g2, need_1, need_2, g2_atomic):
+    if not (need_1 or need_2) or grad.numel() == 0:
+        return
+    cdt, _ = _compute_dtype(u2.dtype)
+    _step_backward_kernel[_launch(u2)](
+        grad, u1, u2, g1 if g1 is not None else grad, g2 if g2 is not None else grad, scale,
+        *_sizes(u2.shape[2:]),
+        NDIM=u2.dim() - 2, MODE=MODE_CODE[mode], PADDING=PADDING_CODE[padding_mode], CDT=cdt,
+        NEED_1=bool(need_1), NEED_2=bool(need_2), G2_ATOMIC=bool(g2_atomic), BLOCK=BLOCK, num_warps=NUM_WARPS,
+    )
+
+
+def _scatter_det(grad, u1, u2, scale, mode, padding_mode, acc, out=None):
+    """Deterministic gradient w.r.t. the sampled field (gather formulation), onto ``out``."""
+    from regnet.ops._triton import scatter
+
+    return scatter.image_grad(grad, u2, u1.shape, SOURCE_DDF, mode, padding_mode, True,
+                              acc_dtype=acc, scale=scale, out=out)
+
+
+# --- backend namespace (same names and signatures as regnet.ops._torch) ----------------------
+
+def compose_forward(u1, u2, mode, padding_mode):
+    u1, u2 = u1.contiguous(), u2.contiguous()
+    _check_int32(u1)
+    return _step(u1, u2, 1.0, mode, padding_mode, u1.dtype)
+
+
+def compose_backward(grad, u1, u2, mode, padding_mode, needs_u1, needs_u2):
+    """Return ``(grad_u1, grad_u2)``; an entry is ``None`` when not needed."""
+    if not (needs_u1 or needs_u2):
+        return None, None
+    grad, u1, u2 = grad.contiguous(), u1.contiguous(), u2.contiguous()
+    _check_int32(u1)
+    _, acc = _compute_dtype(u1.dtype)
+    det = is_deterministic()
+    grad_u1 = torch.zeros(u1.shape, dtype=acc, device=u1.device) if needs_u1 and not det else None
+    grad_u2 = _empty(u2.shape, u2.dtype, u2.device) if needs_u2 else None
+    _step_backward(grad, u1, u2, 1.0, mode, padding_mode, grad_u1, grad_u2,
+                   needs_u1 and not det, needs_u2, False)
+    if needs_u1 and det:
+        grad_u1 = _scatter_det(grad, u1, u2, 1.0, mode, padding_mode, acc)
+    if grad_u1 is not None:
+        grad_u1 = grad_u1.to(u1.dtype)
+    return grad_u1, grad_u2
+
+
+def _first(svf, steps):
+    """The first squaring's input as ``(field, scale)``: ``svf`` with ``2**-steps`` (exact), or
+    for very many steps ``svf / 2**steps`` materialised, as the reference computes it."""
+    svf = svf.contiguous()
+    if steps <= _MAX_FUSED_STEPS:
+        return svf, 2.0**-steps
+    return svf / (2**steps), 1.0
+
+
+def _buffer_dtype(dtype):
+    """Intermediate fields and gradients: float32 for float16/bfloat16, else the dtype."""
+    return _compute_dtype(dtype)[1]
+
+
+def exp_forward(svf, steps, mode, padding_mode):
+    """Scaling and squaring. Returns ``(ddf, saved)`` with ``saved = [svf]``: the backward
+    recomputes the intermediate fields (see the module docstring)."""
+    if steps == 0:
+        return svf.clone(), []
+    _check_int32(svf)
+    u, scale = _first(svf, steps)
+    dtype = _buffer_dtype(svf.dtype)
+    for _ in range(steps):
+        u = _step(u, u, scale, mode, padding_mode, dtype)  # the previous field is freed here
+        scale = 1.0
+    return u.to(svf.dtype), [svf]
+
+
+def _segment_length(steps: int) -> int:
+    """``ceil(sqrt(steps))`` for ``steps >= 1``."""
+    return math.isqrt(steps - 1) + 1
+
+
+def exp_backward(grad, saved, steps, mode, padding_mode):
+    """Back through the ``steps`` squarings ``u' = u + warp(u, u)``, recomputing the fields
+    from ``saved = [svf]`` segment by segment. ``saved`` is consumed."""
+    if steps == 0:
+        return grad.clone()
+    svf = saved.pop()
+    first, first_scale = _first(svf, steps)
+    dtype = _buffer_dtype(svf.dtype)
+    det = is_deterministic()
+    seg = _segment_length(steps)
+    # checkpoints[k] = (u_k, scale): the input of squaring k, for k = 0, seg, 2 seg, ...
+    checkpoints = {0: (first, first_scale)}
+    u, scale = first, first_scale
+    for k in range(1, seg * ((steps - 1) // seg) + 1):
+        u, scale = _step(u, u, scale, mode, padding_mode, dtype), 1.0
+        if k % seg == 0:
+            checkpoints[k] = (u, scale)
+    del u
+    g = grad.to(dtype, copy=True).contiguous()
+    for start in sorted(checkpoints, reverse=True):
+        fields = [checkpoints.pop(start)]
+        for _ in range(start + 1, min(start + seg, steps)):
+            f, s = fields[-1]
+            fields.append((_step(f, f, s, mode, padding_mode, dtype), 1.0))
+        while fields:
+            f, s = fields.pop()
+            if det:
+                new = _empty(g.shape, dtype, g.device)
+                _step_backward(g, f, f, s, mode, padding_mode, None, new, False, True, False)
+                new = _scatter_det(g, f, f, s, mode, padding_mode, dtype, out=new)
+            else:
+                new = g.clone()
+                # nearest: the point gradient is zero and ``new`` already holds G
+                _step_backward(g, f, f, s, mode, padding_mode, new, new, True, mode == "bilinear", True)
+            g = new
+            del f
+    return g.div_(2**steps).to(svf.dtype)
+
+
+NAME = "triton"
+

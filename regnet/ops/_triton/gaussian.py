@@ -1,0 +1,217 @@
+"""Triton kernels for ``gaussian_smooth``: separable Gaussian filtering as SciPy's, fused over
+channels.
+
+Same numbers as the reference (:mod:`regnet.ops._torch.gaussian`): per spatial axis with
+``sigma > 0``, a correlation with the normalised sampled Gaussian of radius
+``int(truncate * sigma + 0.5)``, the boundary extended by SciPy's ``mode`` (``reflect``,
+``nearest``, ``mirror``, ``wrap``, ``constant`` = zeros), also for radii wider than the axis.
+
+Forward: one launch per smoothed axis. The tensor is viewed as ``(outer, n, inner)`` around
+the axis, with batch and channels folded into ``outer``, so that one launch covers every
+channel; each lane computes one output voxel from its ``2r + 1`` taps, mapping the padded
+index to the input index in the kernel (no padded copy).
+
+Backward (the adjoint, axes in reverse order), two launches per axis, no atomics:
+
+1. the same correlation kernel on the gradient zero-extended by ``2r``: ``H[q]`` for every
+   padded position ``q`` in ``[-r, n + r)`` (the kernel is symmetric, so the transposed
+   correlation is a correlation);
+2. a fold: ``grad[m] = sum of H[q] over the q whose boundary index is m``, enumerated per
+   mode (``q = m`` always; the borders' run for ``nearest``; the images ``m + t P`` and the
+   mirror partner's for ``wrap`` / ``reflect`` / ``mirror`` with period ``P``).
+
+Intermediate passes are float32 for float16/bfloat16/float32 inputs (float64 for float64);
+the result is rounded to the input dtype once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from regnet.ops._torch.gaussian import kernel1d, radius
+
+BLOCK = 256
+NUM_WARPS = 4
+MODE_CODE = {"constant": 0, "nearest": 1, "reflect": 2, "mirror": 3, "wrap": 4}
+_ARGS = ["N_IN", "N_OUT", "INNER", "TAPS", "SHIFT", "total"]
+
+
+def _empty(shape, dtype, device) -> torch.Tensor:
+    """A buffer the kernels write completely (tests replace this with a poisoned one)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+@triton.jit
+def _boundary_index(q, n, MODE: tl.constexpr):
+    """SciPy's boundary extension: index into an axis of ``n`` for position ``q``, and whether
+    it is inside (only ``constant`` has positions outside)."""
+    valid = q == q
+    if MODE == 0:  # constant
+        valid = (q >= 0) & (q < n)
+        i = tl.minimum(tl.maximum(q, 0), n - 1)
+    elif MODE == 1:  # nearest
+        i = tl.minimum(tl.maximum(q, 0), n - 1)
+    elif MODE == 2:  # reflect: d c b a | a b c d | d c b a
+        p = 2 * n
+        i = ((q % p) + p) % p
+        i = tl.where(i >= n, p - 1 - i, i)
+    elif MODE == 3:  # mirror: d c b | a b c d | c b a  (n > 1; n == 1 is passed as nearest)
+        p = 2 * n - 2
+        i = ((q % p) + p) % p
+        i = tl.where(i >= n, p - i, i)
+    else:  # wrap
+        i = ((q % n) + n) % n
+    return i, valid
+
+
+@triton.jit(do_not_specialize=_ARGS)
+def _correlate_kernel(
+    y_ptr, x_ptr, k_ptr, N_IN, N_OUT, INNER, TAPS, SHIFT, total,
+    MODE: tl.constexpr, CDT: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """``y[o, i, s] = sum_j k[j] x[o, boundary(i + j - SHIFT), s]`` for ``i < N_OUT``."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    lane = offs < total
+    s = offs % INNER
+    rest = offs // INNER
+    i = rest % N_OUT
+    o = rest // N_OUT
+    x_b = x_ptr + o * N_IN * INNER + s
+    acc = tl.zeros([BLOCK], CDT)
+    for j in range(0, TAPS):
+        w = tl.load(k_ptr + j).to(CDT)
+        idx, valid = _boundary_index(i + j - SHIFT, N_IN, MODE)
+        acc += w * tl.load(x_b + idx * INNER, mask=lane & valid, other=0.0).to(CDT)
+    tl.store(y_ptr + offs, acc.to(y_ptr.dtype.element_ty), mask=lane)
+
+
+@triton.jit(do_not_specialize=["N", "R", "INNER", "total"])
+def _fold_kernel(
+    g_ptr, h_ptr, N, R, INNER, total,
+    MODE: tl.constexpr, CDT: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """``g[o, m, s] = sum_{q in [-R, N + R), boundary(q) = m} h[o, q + R, s]``."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    lane = offs < total
+    s = offs % INNER
+    rest = offs // INNER
+    m = rest % N
+    o = rest // N
+    h_b = h_ptr + o * (N + 2 * R) * INNER + s
+    acc = tl.load(h_b + (m + R) * INNER, mask=lane, other=0.0).to(CDT)  # q = m
+    if MODE == 1:  # nearest: the runs beyond each end fold onto the end voxels
+        first = lane & (m == 0)
+        last = lane & (m == N - 1)
+        for d in range(1, R + 1):
+            acc += tl.load(h_b + (R - d) * INNER, mask=first, other=0.0).to(CDT)
+            acc += tl.load(h_b + (N - 1 + d + R) * INNER, mask=last, other=0.0).to(CDT)
+    elif MODE >= 2:  # periodic images m + t P and (reflect, mirror) the partner's
+        if MODE == 2:
+            p = 2 * N
+            partner = p - 1 - m
+            has_partner = lane
+        elif MODE == 3:
+            p = 2 * N - 2
+            partner = p - m
+            has_partner = lane & (m != 0) & (m != N - 1)  # partner == m modulo p
+        else:
+            p = N
+            partner = m
+            has_partner = lane & (m != m)
+        reach = (N + R) // p + 1
+        for t in range(-reach, reach + 1):
+            q = m + t * p
+            ok = lane & (t != 0) & (q >= -R) & (q < N + R)
+            acc += tl.load(h_b + (q + R) * INNER, mask=ok, other=0.0).to(CDT)
+            q2 = partner + t * p
+            ok2 = has_partner & (q2 >= -R) & (q2 < N + R)
+            acc += tl.load(h_b + (q2 + R) * INNER, mask=ok2, other=0.0).to(CDT)
+    tl.store(g_ptr + offs, acc.to(g_ptr.dtype.element_ty), mask=lane)
+
+
+def _acc(dtype):
+    return (tl.float64, torch.float64) if dtype == torch.float64 else (tl.float32, torch.float32)
+
+
+def _mode_code(mode: str, n: int) -> int:
+    # An axis of one voxel: every position maps to it in all modes but ``constant``.
+    return MODE_CODE["nearest"] if n == 1 and mode != "constant" else MODE_CODE[mode]
+
+
+def _correlate(x, axis, k, n_out, shift, mode_code, out_dtype):
+    """Correlate along ``axis`` of contiguous ``x`` into a new ``out_dtype`` tensor."""
+    shape = list(x.shape)
+    n_in = shape[axis]
+    shape[axis] = n_out
+    inner = math.prod(shape[axis + 1:])
+    y = _empty(tuple(shape), out_dtype, x.device)
+    total = y.numel()
+    if total == 0:
+        return y
+    cdt, _ = _acc(x.dtype)
+    _correlate_kernel[(triton.cdiv(total, BLOCK),)](
+        y, x, k, n_in, n_out, inner, k.numel(), shift, total,
+        MODE=mode_code, CDT=cdt, BLOCK=BLOCK, num_warps=NUM_WARPS,
+    )
+    return y
+
+
+def _fold(h, axis, n, r, mode_code, out_dtype):
+    shape = list(h.shape)
+    shape[axis] = n
+    inner = math.prod(shape[axis + 1:])
+    g = _empty(tuple(shape), out_dtype, h.device)
+    total = g.numel()
+    if total == 0:
+        return g
+    cdt, _ = _acc(h.dtype)
+    _fold_kernel[(triton.cdiv(total, BLOCK),)](
+        g, h, n, r, inner, total, MODE=mode_code, CDT=cdt, BLOCK=BLOCK, num_warps=NUM_WARPS,
+    )
+    return g
+
+
+def _check_size(x):
+    if x.numel() > 2**62:  # pragma: no cover - offsets are int64
+        raise ValueError(f"gaussian_smooth: tensor of {x.numel()} elements is too large")
+
+
+def gaussian_smooth_forward(x, sigma, mode, truncate):
+    """``x``: ``(B, C, *spatial)``; ``sigma``: one float per spatial axis (voxels)."""
+    _check_size(x)
+    _, acc = _acc(x.dtype)
+    axes = [(axis, s) for axis, s in enumerate(sigma, start=2) if s > 0]
+    if not axes:
+        return x.clone()
+    y = x.contiguous()
+    for idx, (axis, s) in enumerate(axes):
+        r = radius(s, truncate)
+        k = kernel1d(s, truncate, y.new_empty((), dtype=acc))
+        out_dtype = x.dtype if idx == len(axes) - 1 else acc
+        y = _correlate(y, axis, k, y.shape[axis], r, _mode_code(mode, y.shape[axis]), out_dtype)
+    return y
+
+
+def gaussian_smooth_backward(grad, sigma, mode, truncate):
+    _check_size(grad)
+    _, acc = _acc(grad.dtype)
+    axes = [(axis, s) for axis, s in enumerate(sigma, start=2) if s > 0]
+    if not axes:
+        return grad.clone()
+    g = grad.contiguous()
+    for idx, (axis, s) in enumerate(reversed(axes)):
+        r = radius(s, truncate)
+        n = g.shape[axis]
+        k = kernel1d(s, truncate, g.new_empty((), dtype=acc))
+        h = _correlate(g, axis, k, n + 2 * r, 2 * r, MODE_CODE["constant"], acc)
+        out_dtype = grad.dtype if idx == len(axes) - 1 else acc
+        g = _fold(h, axis, n, r, _mode_code(mode, n), out_dtype)
+        del h
+    return g
+
+
+NAME = "triton"

@@ -1,0 +1,195 @@
+"""Deterministic mode of the Triton kernels: no float atomics, bitwise repeatable gradients.
+
+``regnet.ops._backend.set_deterministic(True)`` (or ``torch.use_deterministic_algorithms``)
+switches the image gradient of the sampling ops and the sampled-field gradient of compose /
+exp to the sort + gather formulation of :mod:`regnet.ops._triton.scatter`, and the ``theta``
+gradient to per-program partial sums. The interpreter runs programs one after another, so
+it cannot show atomics racing; these tests check instead that the atomic code paths are not
+launched at all, that the gradients still match the reference, and that two runs agree bit
+for bit. Buffers start poisoned (NaN, -7 for integer buffers), blocks are small.
+"""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import itertools  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from regnet import ops  # noqa: E402
+from regnet.ops import _backend  # noqa: E402
+
+triton = pytest.importorskip("triton")
+from regnet.ops._triton import fields, sampling, scatter  # noqa: E402
+
+
+def _interpreted(fn) -> bool:
+    return type(fn).__name__ == "InterpretedFunction"
+
+
+if _interpreted(scatter._plan_kernel) and _interpreted(triton.language.zeros):
+    DEVICE = torch.device("cpu")
+elif not _interpreted(scatter._plan_kernel) and torch.cuda.is_available():
+    DEVICE = torch.device("cuda")
+else:  # pragma: no cover - depends on how the process imported Triton
+    pytest.skip("the Triton kernels are compiled and there is no CUDA device to run them", allow_module_level=True)
+
+pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
+
+MODES = ("bilinear", "nearest")
+PADDINGS = ("zeros", "border", "reflection")
+TOL = {torch.float32: dict(rtol=1e-5, atol=2e-5), torch.float64: dict(rtol=1e-10, atol=1e-10)}
+
+
+class _Spy:
+    """Stands in for a kernel: records the constexpr options of each launch, then launches."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.launches.append(kwargs)
+            return self.kernel[grid](*args, **kwargs)
+        return launch
+
+
+def _poison(shape, dtype, device):
+    return torch.full(shape, float("nan") if dtype.is_floating_point else -7, dtype=dtype, device=device)
+
+
+@pytest.fixture(autouse=True)
+def _setup(monkeypatch):
+    for module in (sampling, fields, scatter):
+        monkeypatch.setattr(module, "BLOCK", 16)
+        monkeypatch.setattr(module, "_empty", _poison)
+    monkeypatch.setattr(scatter, "BLOCK", 32)  # fewer interpreted programs; still a partial last block
+    spies = {
+        "sample": _Spy(sampling._sample_backward_kernel),
+        "step": _Spy(fields._step_backward_kernel),
+        "gather": _Spy(scatter._csr_gather_kernel),
+    }
+    monkeypatch.setattr(sampling, "_sample_backward_kernel", spies["sample"])
+    monkeypatch.setattr(fields, "_step_backward_kernel", spies["step"])
+    monkeypatch.setattr(scatter, "_csr_gather_kernel", spies["gather"])
+    _backend.set_deterministic(True)
+    yield spies
+    _backend.set_deterministic(False)
+
+
+def _no_atomics(spies):
+    """No launch took an atomic path; the gather ran."""
+    for kw in spies["sample"].launches:
+        assert not kw["NEED_IMAGE"] and kw["DET"], kw
+    for kw in spies["step"].launches:
+        assert not kw["NEED_1"] and not kw["G2_ATOMIC"], kw
+    assert spies["gather"].launches
+
+
+def _far(x, every, low, high):
+    flat = x.view(-1)
+    idx = torch.arange(0, flat.numel(), every, device=x.device)
+    sign = torch.randint(0, 2, idx.shape, device=x.device) * 2 - 1
+    flat[idx] = sign * (low + (high - low) * torch.rand(idx.shape, dtype=x.dtype, device=x.device))
+    return x
+
+
+def _run(fn, inputs, backend, weight):
+    leaves = [x.detach().clone().requires_grad_() for x in inputs]
+    out = fn(*leaves, backend=backend)
+    (out * weight).sum().backward()
+    return [out.detach(), *(x.grad for x in leaves)]
+
+
+def _check(fn, inputs, spies, repeat=False):
+    """Matches the reference and took no atomic path; ``repeat``: a second run is bitwise
+    identical."""
+    dtype = inputs[0].dtype
+    with torch.no_grad():
+        shape = fn(*inputs, backend="torch").shape
+    weight = torch.randn(shape, dtype=dtype, device=DEVICE)
+    expected = _run(fn, inputs, "torch", weight)
+    first = _run(fn, inputs, "triton", weight)
+    second = _run(fn, inputs, "triton", weight) if repeat else first
+    for i, (a, b, e) in enumerate(zip(first, second, expected)):
+        assert not a.isnan().any(), f"[{i}]: NaN (an element the kernel did not write)"
+        torch.testing.assert_close(a, e, **TOL[dtype], msg=lambda m, i=i: f"[{i}]: {m}")
+        assert torch.equal(a, b), f"[{i}]: two runs differ"
+    _no_atomics(spies)
+
+
+def _inputs(ndim, dtype):
+    image = torch.randn(2, 2, *(3, 4, 5)[:ndim], dtype=dtype, device=DEVICE)
+    grid = _far((torch.rand(2, *(4, 3, 2)[:ndim], ndim, dtype=dtype, device=DEVICE) * 2 - 1) * 1.5, 5, 5.0, 50.0)
+    ddf = _far(torch.randn(2, ndim, *(3, 4, 5)[:ndim], dtype=dtype, device=DEVICE) * 2, 5, 10.0, 60.0)
+    theta = torch.eye(ndim, ndim + 1, dtype=dtype, device=DEVICE) * 1.3
+    theta = theta + 0.25 * torch.randn(2, ndim, ndim + 1, dtype=dtype, device=DEVICE)
+    return image, grid, ddf, theta
+
+
+def _sampling_ops(spies, ndim, mode, padding_mode, dtype, repeat=False):
+    image, grid, ddf, theta = _inputs(ndim, dtype)
+    _check(lambda x, g, backend: ops.grid_sample(x, g, mode, padding_mode, False, backend=backend),
+           (image, grid), spies, repeat)
+    _check(lambda x, u, backend: ops.warp(x, u, mode, padding_mode, backend=backend), (image, ddf), spies, repeat)
+    _check(lambda x, t, backend: ops.affine_transform(x, t, (4, 3, 2)[:ndim], mode, padding_mode, True,
+                                                      backend=backend), (image, theta), spies, repeat)
+
+
+def _field_ops(spies, ndim, mode, padding_mode, dtype, repeat=False):
+    u1 = torch.randn(2, ndim, *(3, 4, 5)[:ndim], dtype=dtype, device=DEVICE) * 1.5
+    u2 = _far(torch.randn(2, ndim, *(3, 4, 5)[:ndim], dtype=dtype, device=DEVICE) * 1.5, 7, 8.0, 40.0)
+    _check(lambda a, b, backend: ops.compose(a, b, mode, padding_mode, backend=backend), (u1, u2), spies, repeat)
+    svf = torch.randn(2, ndim, *(3, 4, 5)[:ndim], dtype=dtype, device=DEVICE) * 3
+    _check(lambda v, backend: ops.exp(v, 3, mode, padding_mode, backend=backend), (svf,), spies, repeat)
+
+
+@pytest.mark.parametrize("mode,padding_mode", itertools.product(MODES, PADDINGS))
+@pytest.mark.parametrize("ndim", (2, 3))
+def test_sampling_ops(_setup, ndim, mode, padding_mode):
+    _sampling_ops(_setup, ndim, mode, padding_mode, torch.float32)
+
+
+@pytest.mark.parametrize("mode,padding_mode", itertools.product(MODES, PADDINGS))
+@pytest.mark.parametrize("ndim", (2, 3))
+def test_compose_and_exp(_setup, ndim, mode, padding_mode):
+    _field_ops(_setup, ndim, mode, padding_mode, torch.float32)
+
+
+@pytest.mark.parametrize("ndim,dtype", ((2, torch.float32), (3, torch.float64)))
+def test_two_runs_are_bitwise_identical(_setup, ndim, dtype):
+    _sampling_ops(_setup, ndim, "bilinear", "reflection", dtype, repeat=True)
+    _field_ops(_setup, ndim, "bilinear", "border", dtype, repeat=True)
+
+
+def test_long_rows_many_points_on_one_voxel(_setup):
+    """Border padding clamps most points onto a few corner voxels: rows of very different
+    lengths in one program."""
+    image = torch.randn(1, 3, 4, 5, device=DEVICE)
+    grid = torch.rand(1, 9, 11, 2, device=DEVICE) * 40 - 20
+    _check(lambda x, g, backend: ops.grid_sample(x, g, "bilinear", "border", True, backend=backend),
+           (image, grid), _setup)
+
+
+def test_torch_deterministic_algorithms_switch_it_on(_setup):
+    _backend.set_deterministic(False)
+    assert not _backend.is_deterministic()
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert _backend.is_deterministic()
+        image = torch.randn(1, 1, 4, 5, device=DEVICE, requires_grad=True)
+        ddf = torch.randn(1, 2, 4, 5, device=DEVICE)
+        ops.warp(image, ddf, backend="triton").sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(before)
+    _no_atomics(_setup)
+
+
+def test_set_deterministic_checks_its_argument():
+    with pytest.raises(TypeError, match="bool"):
+        _backend.set_deterministic(1)
+    _backend.set_deterministic(False)
+    assert _backend.is_deterministic() == torch.are_deterministic_algorithms_enabled()

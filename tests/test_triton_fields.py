@@ -1,0 +1,187 @@
+"""Triton field kernels (compose, exp) against the reference backend.
+
+As in ``test_triton_sampling.py``: the kernels run on CPU tensors through the Triton
+interpreter (``TRITON_INTERPRET=1``, set by ``tests/conftest.py`` and here), every
+mode x padding x ndim is compared forward and backward on tiny random fields with
+displacements far outside the grid, in float32 and float64; buffers the kernels must fill
+start poisoned (NaN, or -7 for integer buffers), and small blocks give several programs per
+batch item and a partial last block.
+"""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import itertools  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from regnet import ops  # noqa: E402
+from regnet.ops import _backend  # noqa: E402
+
+triton = pytest.importorskip("triton")
+from regnet.ops._triton import fields, sampling, scatter  # noqa: E402
+
+
+def _interpreted(fn) -> bool:
+    return type(fn).__name__ == "InterpretedFunction"
+
+
+if _interpreted(fields._step_forward_kernel) and _interpreted(triton.language.zeros):
+    DEVICE = torch.device("cpu")
+elif not _interpreted(fields._step_forward_kernel) and torch.cuda.is_available():
+    DEVICE = torch.device("cuda")
+else:  # pragma: no cover - depends on how the process imported Triton
+    pytest.skip("the Triton kernels are compiled and there is no CUDA device to run them", allow_module_level=True)
+
+pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
+
+MODES = ("bilinear", "nearest")
+PADDINGS = ("zeros", "border", "reflection")
+DTYPES = (torch.float32, torch.float64)
+TOL = {torch.float32: dict(rtol=1e-5, atol=2e-5), torch.float64: dict(rtol=1e-10, atol=1e-10)}
+
+
+def _poison(shape, dtype, device):
+    return torch.full(shape, float("nan") if dtype.is_floating_point else -7, dtype=dtype, device=device)
+
+
+@pytest.fixture(autouse=True)
+def _small_blocks_and_poisoned_buffers(monkeypatch):
+    for module in (sampling, fields, scatter):
+        monkeypatch.setattr(module, "BLOCK", 16)
+        monkeypatch.setattr(module, "_empty", _poison)
+    _backend.set_deterministic(False)
+    yield
+    _backend.set_deterministic(False)
+
+
+def _field(ndim, dtype, spatial=(3, 4, 5), batch=2, scale=1.5, far=True):
+    u = torch.randn(batch, ndim, *spatial[:ndim], dtype=dtype, device=DEVICE) * scale
+    if far:  # every 7th displacement several grid sizes away (reflections, clamping, zeros)
+        flat = u.view(-1)
+        idx = torch.arange(0, flat.numel(), 7, device=DEVICE)
+        sign = torch.randint(0, 2, idx.shape, device=DEVICE) * 2 - 1
+        flat[idx] = sign * (8 + 30 * torch.rand(idx.shape, dtype=dtype, device=DEVICE))
+    return u
+
+
+def _run(fn, inputs, backend, weight):
+    leaves = [x.detach().clone().requires_grad_() for x in inputs]
+    out = fn(*leaves, backend=backend)
+    (out * weight).sum().backward()
+    return [out.detach(), *(x.grad for x in leaves)]
+
+
+def _compare(fn, inputs, tol=None, reference_dtype=None):
+    """Triton vs reference, output and every input gradient. ``reference_dtype``: run the
+    reference on the inputs cast to it (the oracle for float16/bfloat16 kernels)."""
+    dtype = inputs[0].dtype
+    ref_inputs = inputs if reference_dtype is None else [x.to(reference_dtype) for x in inputs]
+    with torch.no_grad():
+        shape = fn(*ref_inputs, backend="torch").shape
+    weight = torch.randn(shape, dtype=ref_inputs[0].dtype, device=DEVICE)
+    expected = _run(fn, ref_inputs, "torch", weight)
+    actual = _run(fn, inputs, "triton", weight.to(dtype))
+    for name, a, e in zip(("output", *(f"grad[{i}]" for i in range(len(inputs)))), actual, expected):
+        assert a.dtype == dtype and a.shape == e.shape, name
+        assert not a.isnan().any(), f"{name}: NaN (an element the kernel did not write)"
+        torch.testing.assert_close(a.to(e.dtype), e, **(tol or TOL[dtype]), msg=lambda m, name=name: f"{name}: {m}")
+    return actual
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode,padding_mode", itertools.product(MODES, PADDINGS))
+@pytest.mark.parametrize("ndim", (2, 3))
+def test_compose_matches_reference(ndim, mode, padding_mode, dtype):
+    # far displacements in u2 (the sample points); moderate values in u1, since the reference's
+    # normalised round trip of the point's coordinate is amplified by the sampled values
+    u1, u2 = _field(ndim, dtype, far=False), _field(ndim, dtype)
+    _compare(lambda a, b, backend: ops.compose(a, b, mode, padding_mode, backend=backend), (u1, u2))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode,padding_mode", itertools.product(MODES, PADDINGS))
+@pytest.mark.parametrize("ndim", (2, 3))
+def test_exp_matches_reference(ndim, mode, padding_mode, dtype):
+    # a velocity of a few voxels: the squarings move points across and out of the grid
+    svf = _field(ndim, dtype, scale=3.0, far=False)
+    _compare(lambda v, backend: ops.exp(v, 3, mode, padding_mode, backend=backend), (svf,))
+
+
+@pytest.mark.parametrize("steps", (0, 1, 2, 4, 7, 10))
+def test_exp_steps_and_checkpoint_segments(steps):
+    """Every segment layout of the recomputing backward (ceil(sqrt(steps)) per segment)."""
+    svf = _field(2, torch.float64, spatial=(5, 6), scale=4.0, far=False)
+    _compare(lambda v, backend: ops.exp(v, steps, "bilinear", "border", backend=backend), (svf,))
+
+
+def test_exp_saves_only_the_velocity():
+    svf = _field(3, torch.float32, far=False).requires_grad_()
+    ddf = ops.exp(svf, 7, backend="triton")
+    saved = ddf.grad_fn.saved_tensors
+    assert len(saved) == 1 and saved[0].data_ptr() == svf.data_ptr()
+
+
+def test_exp_many_steps_divides_first(monkeypatch):
+    """Past the fused scale's range the velocity is divided first, as the reference does."""
+    monkeypatch.setattr(fields, "_MAX_FUSED_STEPS", 1)
+    svf = _field(2, torch.float32, spatial=(4, 5), scale=6.0, far=False)
+    _compare(lambda v, backend: ops.exp(v, 3, "bilinear", "zeros", backend=backend), (svf,))
+
+
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
+def test_half_precision_inputs_accumulate_in_float32(dtype):
+    """float16/bfloat16 fields: float32 arithmetic (exp: float32 intermediate fields), result
+    rounded once; compared with the reference in float32 on the same (rounded) inputs."""
+    tol = dict(rtol=2e-2, atol=2e-2) if dtype == torch.float16 else dict(rtol=5e-2, atol=5e-2)
+    u1 = _field(3, torch.float32, far=False).to(dtype)
+    u2 = _field(3, torch.float32, far=False).to(dtype)
+    _compare(lambda a, b, backend: ops.compose(a, b, "bilinear", "border", backend=backend), (u1, u2),
+             tol=tol, reference_dtype=torch.float32)
+    _compare(lambda v, backend: ops.exp(v, 3, "bilinear", "zeros", backend=backend), (u1 * 2,),
+             tol=tol, reference_dtype=torch.float32)
+
+
+def test_axes_of_one_voxel():
+    """An axis of one voxel samples at 0 whatever the displacement (MONAI's normalisation)."""
+    for padding_mode in PADDINGS:
+        u1 = _field(3, torch.float32, spatial=(1, 4, 3), batch=1, far=False)
+        u2 = _field(3, torch.float32, spatial=(1, 4, 3), batch=1)
+        _compare(lambda a, b, backend: ops.compose(a, b, "bilinear", padding_mode, backend=backend), (u1, u2))
+        _compare(lambda v, backend: ops.exp(v, 3, "bilinear", padding_mode, backend=backend), (u2,))
+
+
+def test_non_contiguous_inputs():
+    u1 = _field(3, torch.float32, spatial=(5, 4, 3), far=False).permute(0, 1, 4, 3, 2)  # (2, 3, 3, 4, 5)
+    u2 = _field(3, torch.float32, spatial=(3, 4, 5)).flip(2)
+    svf = _field(2, torch.float32, spatial=(6, 5), far=False).transpose(2, 3)
+    assert not (u1.is_contiguous() or svf.is_contiguous())
+    _compare(lambda a, b, backend: ops.compose(a, b, "bilinear", "reflection", backend=backend), (u1, u2))
+    _compare(lambda v, backend: ops.exp(v, 3, "bilinear", "border", backend=backend), (svf,))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_compose_backward_computes_only_what_is_needed(mode):
+    from regnet.ops import _torch
+
+    u1, u2 = _field(2, torch.float32, far=False), _field(2, torch.float32)
+    grad = torch.randn_like(u1)
+    for needs in ((True, False), (False, True), (False, False), (True, True)):
+        got = fields.compose_backward(grad, u1, u2, mode, "border", *needs)
+        want = _torch.compose_backward(grad, u1, u2, mode, "border", *needs)
+        for g, w, need in zip(got, want, needs):
+            if not need:
+                assert g is None, needs
+            else:
+                torch.testing.assert_close(g, w, **TOL[torch.float32])
+
+
+def test_registered_for_compose_and_exp():
+    from regnet.ops._triton import KERNELS
+
+    for op in ("compose", "exp"):
+        assert KERNELS[op] is fields
+        assert _backend.select(op, DEVICE, backend="triton") is fields
+    assert _backend.select("exp", torch.device("cpu")) is not fields  # auto: reference off CUDA
