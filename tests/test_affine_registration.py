@@ -66,6 +66,15 @@ def test_recovers_known_2d_affine(slice64):
     assert F.mse_loss(moved, static) < 0.1 * F.mse_loss(slice64, static)
 
 
+def test_registers_inside_no_grad(slice64):
+    theta = _rotation2d(8.0, shift=(0.06, -0.05))
+    static = _moved_by(slice64, theta)
+    with torch.no_grad():
+        reg = AffineRegistration(scales=(2, 1), verbose=False)
+        reg(slice64, static)
+    torch.testing.assert_close(reg.get_affine(), theta, atol=0.015, rtol=0)
+
+
 def test_recovers_known_3d_affine(volume):
     a, b = math.radians(6.0), math.radians(-4.0)
     rx = torch.tensor([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]])

@@ -125,3 +125,10 @@ def test_bad_options():
         reg.transform(torch.rand(1, 1, 8, 8), direction="backward")
     with pytest.raises(ValueError, match="image must have shape"):
         reg.transform(torch.rand(1, 1, 9, 8))
+
+
+def test_registers_inside_no_grad(small_slice):
+    moving = torch.roll(small_slice, shifts=(2, -1), dims=(2, 3))
+    with torch.no_grad():
+        moved = _fast()(moving, small_slice)[0]
+    assert _ncc(moved, small_slice) > _ncc(moving, small_slice)

@@ -20,7 +20,7 @@ import torch
 from regnet import ops
 from regnet.losses import MSELoss
 from regnet.ops import _checks
-from regnet.registration._common import LossLog, check_pair, downsample, level_shape
+from regnet.registration._common import LossLog, check_pair, downsample, level_shape, make_optimizer
 
 INITS = ("com", "moments", None)
 INTERP_MODES = (None, "bilinear", "trilinear", "nearest")
@@ -279,7 +279,8 @@ class AffineRegistration:
             log = LossLog(iterations, description, self.verbose)
             trainable = [p for p in self.parameters if p.requires_grad]
             if trainable and iterations > 0:
-                self._fit_level(moving_l, static_l, iterations, lr, trainable, level_loss, log)
+                with torch.enable_grad():  # also inside a caller's no_grad block
+                    self._fit_level(moving_l, static_l, iterations, lr, trainable, level_loss, log)
             history = log.values()  # one sync: the level's time is complete
             if level == 0 and count > 1:
                 history = self._keep_best_candidate(moving_l, static_l, level_loss, log, count, batch) or history
@@ -304,7 +305,7 @@ class AffineRegistration:
         return loss_fn.combine(torch.stack(log.items)[:, index]).cpu().tolist()
 
     def _fit_level(self, moving, static, iterations, lr, trainable, loss_fn, log: LossLog) -> None:
-        optimizer = self.optimizer(trainable, lr)
+        optimizer = make_optimizer(self.optimizer, trainable, lr)
         shape = tuple(static.shape[2:])
         for it in range(1, iterations + 1):
             optimizer.zero_grad()

@@ -58,11 +58,23 @@ def affine_grid_forward(theta, size, align_corners):
 
 
 def affine_grid_backward(grad_grid, theta, size, align_corners):
-    """Gradient w.r.t. ``theta``: ``grad_grid^T @ base`` summed over all grid points."""
+    """Gradient w.r.t. ``theta``: ``grad_grid^T @ base`` summed over all grid points.
+
+    The base grid is separable (column ``j`` varies along spatial axis ``ndim - 1 - j``
+    only), so the sum is taken without building it: reduce ``grad_grid`` over the other
+    axes, then a dot product with that axis's coordinates. No grid-sized temporary.
+    """
     spatial = size[2:]
-    base = base_grid(spatial, align_corners, theta)
-    flat = grad_grid.reshape(grad_grid.shape[0], -1, len(spatial))
-    return flat.transpose(1, 2) @ base
+    ndim = len(spatial)
+    grad_theta = grad_grid.new_empty((grad_grid.shape[0], ndim, ndim + 1))
+    dims = tuple(range(1, ndim + 1))
+    for column in range(ndim):
+        axis = ndim - column  # dimension of grad_grid that coordinate `column` runs along
+        profile = grad_grid.sum(dim=tuple(d for d in dims if d != axis))  # (B, n_axis, ndim)
+        line = _linspace(spatial[axis - 1], align_corners, grad_grid)
+        torch.matmul(profile.transpose(1, 2), line, out=grad_theta[:, :, column])
+    torch.sum(grad_grid, dim=dims, out=grad_theta[:, :, ndim])
+    return grad_theta
 
 
 def affine_transform_forward(image, theta, shape, mode, padding_mode, align_corners):
