@@ -20,6 +20,8 @@ import torch
 from regnet import ops
 from regnet.losses import MSELoss
 from regnet.ops import _checks
+from regnet.ops._backend import select
+from regnet.ops.affine import AffineTransformFunction, ComposeAffineFunction
 from regnet.registration._common import LossLog, check_pair, downsample, level_shape, make_optimizer
 
 INITS = ("com", "moments", None)
@@ -77,20 +79,20 @@ class AffineRegistration:
     ``verbose=False``, median of 5 calls after a first one (the first call in a process also
     pays ~0.7 s of one-time imports inside ``torch.optim``, torchreg too)::
 
-        torchreg, its defaults (identity start, lr 1e-2)     0.21-0.22 s CPU    NCC 0.9634  600 iterations
-        regnet, defaults                                      0.041-0.045 s CPU  NCC 0.9631  70 iterations
-        regnet, init="moments"                                0.056-0.063 s CPU  NCC 0.9630  80 iterations
-        regnet with torchreg's settings (init=None, tol 0)    0.30-0.32 s CPU    NCC 0.9631  600 iterations
+        torchreg, its defaults (identity start, lr 1e-2)     0.23-0.29 s CPU    NCC 0.9634  600 iterations
+        regnet, defaults                                      0.029-0.031 s CPU  NCC 0.9632  50 + 10 iterations
+        regnet, check_every=5                                 0.017 s CPU        NCC 0.9628  25 + 6 iterations
         ANTsPy Affine (2 threads, measured elsewhere)         0.49 s wall        NCC 0.963
 
-    So about 5x less CPU time than torchreg at equal NCC (4th decimal: regnet's pyramid
-    is anti-aliased, torchreg's is not), and much more where host synchronisation is costly:
-    torchreg reads ``loss.item()`` every iteration, regnet every ``check_every``; with two
-    threads on two cores shared with a busy process, torchreg's default (verbose) call took
-    0.8-0.9 s, regnet's 0.09-0.2 s (first calls: 1.3-15.8 s against 0.9-5.5 s). Per
-    iteration regnet's ops are still ~1.4x slower than torchreg's autograd of
-    ``affine_grid`` + ``grid_sample`` at 64 x 64 (Python overhead of the custom functions,
-    the grid rebuilt in backward): the gain is from needing ~8x fewer iterations.
+    So about 8x less CPU time than torchreg at equal NCC (4th decimal: regnet's pyramid
+    is anti-aliased, torchreg's is not), from needing ~10x fewer iterations at a similar
+    cost per iteration: torchreg's unfused Adam step (~0.27 ms for four small tensors) is
+    most of its iteration; regnet uses fused Adam (~0.1 ms), builds the affine grid by
+    broadcasting per-axis lines instead of ATen's ``affine_grid_generator``, and takes the
+    ``theta`` gradient by per-axis reductions. Finer levels start from a converged estimate
+    and are judged on windows of ``check_every // 2`` iterations. More where host
+    synchronisation is costly: torchreg reads ``loss.item()`` every iteration, regnet every
+    ``check_every``.
 
     Alternatives measured on five 2D pairs (r16, r27, r30, r62, r85 -> r64) and six
     synthetic ones (r16 rotated by up to 45 degrees, zoomed by 0.9-1.25, shifted by up to
@@ -280,7 +282,9 @@ class AffineRegistration:
             trainable = [p for p in self.parameters if p.requires_grad]
             if trainable and iterations > 0:
                 with torch.enable_grad():  # also inside a caller's no_grad block
-                    self._fit_level(moving_l, static_l, iterations, lr, trainable, level_loss, log)
+                    # finer levels start from a converged estimate: judge them on half windows
+                    check = self.check_every if level == 0 else max(1, self.check_every // 2)
+                    self._fit_level(moving_l, static_l, iterations, lr, trainable, level_loss, log, check)
             history = log.values()  # one sync: the level's time is complete
             if level == 0 and count > 1:
                 history = self._keep_best_candidate(moving_l, static_l, level_loss, log, count, batch) or history
@@ -304,17 +308,24 @@ class AffineRegistration:
             return None
         return loss_fn.combine(torch.stack(log.items)[:, index]).cpu().tolist()
 
-    def _fit_level(self, moving, static, iterations, lr, trainable, loss_fn, log: LossLog) -> None:
+    def _fit_level(self, moving, static, iterations, lr, trainable, loss_fn, log: LossLog, check: int) -> None:
         optimizer = make_optimizer(self.optimizer, trainable, lr)
         shape = tuple(static.shape[2:])
+        # The inputs were checked once by __call__: call the two autograd Functions directly
+        # (the public ops' argument checks cost as much as the sampling at 64 x 64).
+        compose_impl = select("compose_affine", moving.device)
+        sample_impl = select("affine_transform", moving.device)
+        mode = "bilinear" if self.interp_mode in (None, "trilinear") else self.interp_mode
+        options = (shape, mode, self.padding_mode, self.align_corners, sample_impl)
         for it in range(1, iterations + 1):
             optimizer.zero_grad()
-            moved = self._sample(moving, self.get_affine(with_grad=True), shape, None)
+            theta = ComposeAffineFunction.apply(*self.parameters, compose_impl)
+            moved = AffineTransformFunction.apply(moving, theta, *options)
             loss, items = loss_fn(moved, static)
             loss.backward()
             optimizer.step()
             log.log(loss, items)
-            if it % self.check_every == 0 and it < iterations and log.converged(self.check_every, self.tolerance):
+            if it % check == 0 and it < iterations and log.converged(check, self.tolerance):
                 break
 
     def _sample(self, image, theta, shape, mode):

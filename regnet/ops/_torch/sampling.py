@@ -77,15 +77,31 @@ def affine_grid_backward(grad_grid, theta, size, align_corners):
     return grad_theta
 
 
+def separable_affine_grid(theta, shape, align_corners):
+    """``affine_grid(theta, (B, C, *shape))`` (to float rounding) built from the per-axis
+    coordinate lines by broadcasting: no homogeneous base grid and no batched matmul, which
+    at 64 x 64 cost ~80 us of ATen's ~100 us ``affine_grid_generator`` per call."""
+    ndim = len(shape)
+    batch = theta.shape[0]
+    grid = None
+    for column in range(ndim):  # column j = coordinate j, along array axis ndim - 1 - j
+        axis = ndim - 1 - column
+        view = [1] * ndim
+        view[axis] = shape[axis]
+        line = _linspace(shape[axis], align_corners, theta).view(1, *view, 1)
+        term = line * theta[:, :, column].view(batch, *[1] * ndim, ndim)
+        grid = term if grid is None else grid + term
+    return grid + theta[:, :, ndim].view(batch, *[1] * ndim, ndim)
+
+
 def affine_transform_forward(image, theta, shape, mode, padding_mode, align_corners):
-    size = (image.shape[0], image.shape[1], *shape)
-    grid = affine_grid_forward(theta, size, align_corners)
+    grid = separable_affine_grid(theta, shape, align_corners)
     return grid_sample_forward(image, grid, mode, padding_mode, align_corners)
 
 
 def affine_transform_backward(grad, image, theta, shape, mode, padding_mode, align_corners, needs_image, needs_theta):
     size = (image.shape[0], image.shape[1], *shape)
-    grid = affine_grid_forward(theta, size, align_corners)
+    grid = separable_affine_grid(theta, shape, align_corners)
     grad_image, grad_grid = grid_sample_backward(
         grad, image, grid, mode, padding_mode, align_corners, needs_image, needs_theta
     )
