@@ -1,12 +1,13 @@
-"""The ``regnet`` command line: ``register``, ``apply`` and ``demo``.
+"""The ``regnet`` command line: ``register``, ``apply``, ``demo`` and ``train``.
 
 A thin :mod:`argparse` layer over :mod:`regnet.pipeline` (``register_files``,
 ``apply_transform``) and :mod:`regnet.demo`. Commands import torch (and the parts of regnet
 built on it) only when they run, so that ``regnet --help`` and ``regnet COMMAND --help``
-answer at once. Expected errors (a bad argument or config, a missing or unreadable file, an
-output folder that cannot be written) print one line to stderr and give exit status 2
-(usage: argparse errors, a bad ``--config``, no CUDA for ``--device cuda``) or 1 (anything
-else); no traceback.
+answer at once; ``regnet train ARGS...`` hands ``ARGS`` to the LightningCLI of
+:mod:`regnet.lightning.cli`, imported only then. Expected errors (a bad argument or config, a
+missing or unreadable file, an output folder that cannot be written) print one line to stderr
+and give exit status 2 (usage: argparse errors, a bad ``--config``, no CUDA for ``--device
+cuda``) or 1 (anything else); no traceback.
 """
 
 from __future__ import annotations
@@ -94,6 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _device_and_quiet(demo)
     demo.set_defaults(run=_run_demo)
+
+    commands.add_parser(
+        "train",
+        help="train / validate / test / apply a registration network (LightningCLI; "
+             "'regnet train --help' for its options)",
+        description=(
+            "regnet train {fit,validate,test,predict} [--config YAML] [--trainer.KEY VALUE ...]: the "
+            "LightningCLI of regnet.lightning (RegistrationModule + PairDataModule); without a subcommand, "
+            "fit. Configs in configs/ (prostate_mr_us.yaml, brain_unsupervised.yaml, tiny_cpu.yaml). Needs "
+            "the 'train' extra (pytorch-lightning, jsonargparse)."
+        ),
+        add_help=False,
+    )
     return parser
 
 
@@ -107,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     exit status. ``--help``, ``--version`` and usage errors raise :class:`SystemExit` as
     :mod:`argparse` does (status 0, 0 and 2)."""
     start = time.perf_counter()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "train":  # everything after 'train' belongs to the LightningCLI
+        return _run_train(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.run(args, start)
@@ -186,6 +203,21 @@ def _run_apply(args: argparse.Namespace, start: float) -> int:
         return _failure("apply", error)
     print(f"regnet apply: wrote {path} ({args.interp}, {time.perf_counter() - start:.1f} s)")
     return 0
+
+
+# --- regnet train ---------------------------------------------------------------------------
+
+def _run_train(argv: list[str]) -> int:
+    from importlib.util import find_spec
+
+    missing = [name for name in ("pytorch_lightning", "jsonargparse") if find_spec(name) is None]
+    if missing:
+        _error("train", f"{' and '.join(missing)} not installed; 'regnet train' needs the train extra: "
+                        f"pip install 'regnet[train]' (pytorch-lightning, jsonargparse[signatures])")
+        return 2
+    from regnet.lightning.cli import main as train_main
+
+    return train_main(argv)
 
 
 # --- regnet demo ----------------------------------------------------------------------------
