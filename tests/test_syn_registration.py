@@ -132,3 +132,13 @@ def test_registers_inside_no_grad(small_slice):
     with torch.no_grad():
         moved = _fast()(moving, small_slice)[0]
     assert _ncc(moved, small_slice) > _ncc(moving, small_slice)
+
+
+def test_thread_count_is_restored(small_slice):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _fast()(small_slice, small_slice)  # a small registration runs on one thread ...
+        assert torch.get_num_threads() == 2  # ... and gives the caller's count back
+    finally:
+        torch.set_num_threads(threads)

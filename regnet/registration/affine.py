@@ -22,7 +22,7 @@ from regnet.losses import MSELoss
 from regnet.ops import _checks
 from regnet.ops._backend import select
 from regnet.ops.affine import AffineTransformFunction, ComposeAffineFunction
-from regnet.registration._common import LossLog, check_pair, downsample, level_shape, make_optimizer
+from regnet.registration._common import LossLog, check_pair, cpu_threads_for, downsample, level_shape, make_optimizer
 
 INITS = ("com", "moments", None)
 INTERP_MODES = (None, "bilinear", "trilinear", "nearest")
@@ -244,8 +244,12 @@ class AffineRegistration:
         """Register ``moving`` onto ``static``, both ``(B, C, *spatial)`` (spatial shapes may
         differ). Returns the moved image ``(B, C, *static.shape[2:])`` (detached), or ``None``
         with ``return_moved=False``."""
+        check_pair("AffineRegistration", moving, static)
+        with cpu_threads_for(static):
+            return self._register(moving, static, return_moved)
+
+    def _register(self, moving: torch.Tensor, static: torch.Tensor, return_moved: bool):
         fn = "AffineRegistration"
-        check_pair(fn, moving, static)
         ndim = static.dim() - 2
         if self.is_3d is not None and self.is_3d != (ndim == 3):
             raise ValueError(

@@ -33,7 +33,7 @@ import torch
 
 from regnet import ops
 from regnet.losses import DiffusionLoss, LocalNCCLoss
-from regnet.registration._common import LossLog, check_pair, downsample, level_shape, make_optimizer, resize_field
+from regnet.registration._common import LossLog, check_pair, downsample, level_shape, cpu_threads_for, make_optimizer, resize_field
 
 
 def _as_levels(name: str, value, n: int, kind=float) -> list:
@@ -188,6 +188,10 @@ class SyNRegistration:
         moving(x + ddf(x))``) and the inverse DDF; ``None`` if ``return_moved`` is false.
         """
         check_pair("SyNRegistration", moving, static)
+        with cpu_threads_for(static):
+            return self._register(moving, static, v_xy, v_yx, return_moved)
+
+    def _register(self, moving, static, v_xy, v_yx, return_moved):
         if moving.shape != static.shape:
             raise ValueError(
                 f"SyNRegistration: moving {tuple(moving.shape)} and static {tuple(static.shape)} must be on one "
@@ -264,7 +268,7 @@ class SyNRegistration:
         """``(ddf, inverse_ddf)`` on the static grid from the fitted velocities."""
         if self.v_xy is None:
             raise RuntimeError("SyNRegistration: call the registration before asking for its fields")
-        with torch.no_grad():
+        with torch.no_grad(), cpu_threads_for(self.v_xy):
             v_xy, v_yx = self.v_xy, self.v_yx
             b = v_xy.shape[0]
             half = ops.exp(torch.cat([v_xy, v_yx, -v_xy, -v_yx]), self.time_steps, padding_mode="border")
