@@ -80,6 +80,7 @@ from regnet.io import (
 )
 from regnet.io.image import IMAGE_2D_SUFFIXES, _suffix
 from regnet.metrics import jacobian_stats
+from regnet.registration._common import cpu_threads_for
 from regnet.registration.affine import AffineRegistration
 from regnet.registration.syn import SyNRegistration
 
@@ -421,6 +422,13 @@ def register_images(fixed: Image, moving: Image, transform: str = "affine+syn", 
     grid (float64, fixed voxels), the SyN inverse DDF, and the report so far (settings,
     loss history and time per level, intensity ranges, similarity before registration).
     """
+    if not isinstance(fixed, Image):
+        raise TypeError(f"register_images: fixed must be a regnet.io.Image, got {type(fixed).__name__}")
+    with cpu_threads_for(fixed.data):  # small images: one intra-op thread (see there)
+        return _register_images(fixed, moving, transform, config, device, verbose)
+
+
+def _register_images(fixed: Image, moving: Image, transform: str, config, device, verbose: bool) -> Registration:
     start = time.perf_counter()
     if transform not in TRANSFORMS:
         raise ValueError(f"transform must be one of {', '.join(TRANSFORMS)}, got {transform!r}")
