@@ -5,11 +5,13 @@
 moving image brought onto the fixed grid through the headers (:mod:`regnet.io.world`). Then,
 on the fixed grid:
 
-1. ``affine`` (``"affine"``, ``"affine+syn"``): :class:`~regnet.registration.affine.AffineRegistration`
-   of the header-resampled moving image onto the fixed image. Its ``theta`` becomes a world
-   matrix ``M`` (fixed world -> moving world, :func:`regnet.io.world.theta_to_world`); the
-   world alignment through the headers is the identity in world space, so ``M`` is the whole
-   linear part.
+1. ``affine`` (``"affine"``, ``"affine+syn"``): the moving image is first translated in
+   world space so that the two intensity centres of mass coincide (``M0``, ANTs' default
+   start; :func:`world_centre_of_mass` on the full images, so headers that barely overlap do
+   not crop the moving image), resampled through ``M0`` onto the fixed grid, and registered
+   there with :class:`~regnet.registration.affine.AffineRegistration`. Its ``theta`` becomes
+   a world matrix ``T`` (:func:`regnet.io.world.theta_to_world`) and ``M = M0 @ T`` (fixed
+   world -> moving world) is the whole linear part.
 2. ``syn`` (``"syn"``, ``"affine+syn"``): :class:`~regnet.registration.syn.SyNRegistration`
    of the moving image resampled once through ``M`` onto the fixed image, giving the DDF
    ``u`` (fixed voxels) and its inverse.
@@ -345,6 +347,24 @@ def sample_moving(moving: Image, ddf: torch.Tensor, fixed_affine, mode: str = "b
     return ops.grid_sample(data, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
 
 
+def world_centre_of_mass(image: torch.Tensor, affine) -> np.ndarray:
+    """Intensity-weighted centre ``(ndim,)`` in world mm of ``image`` ``(1, C, *spatial)``
+    (negative values weigh 0; the channels are summed), from the per-axis marginals."""
+    weights = image[0].double().clamp(min=0).sum(0)
+    ndim = weights.dim()
+    total = float(weights.sum())
+    if total <= 0:
+        voxel = (np.array(weights.shape, dtype=np.float64) - 1) / 2  # no mass: the grid centre
+    else:
+        voxel = np.empty(ndim)
+        for axis in range(ndim):
+            marginal = weights.sum(dim=tuple(a for a in range(ndim) if a != axis))
+            index = torch.arange(marginal.numel(), dtype=torch.float64, device=marginal.device)
+            voxel[axis] = float((marginal * index).sum()) / total
+    affine = np.asarray(affine, dtype=np.float64)
+    return affine[:ndim, :ndim] @ voxel + affine[:ndim, ndim]
+
+
 # --- intensities and similarity -------------------------------------------------------------
 
 def intensity_range(image: torch.Tensor) -> tuple[float, float]:
@@ -476,10 +496,20 @@ def _register_images(fixed: Image, moving: Image, transform: str, config, device
 
     matrix = None
     if "affine" in transform:
+        # Start from the world translation that superposes the two centres of mass (ANTs'
+        # default start): images whose headers barely overlap would otherwise be cropped on
+        # the fixed grid before the affine stage sees them.
+        start_matrix = np.eye(ndim + 1)
+        start_matrix[:ndim, ndim] = (world_centre_of_mass(moving_n, moving.affine)
+                                     - world_centre_of_mass(fixed_n, fixed.affine))
+        with torch.no_grad():
+            started = through(start_matrix)
         reg = config.build("affine", verbose)
-        reg(headers, fixed_n, return_moved=False)
+        reg(started, fixed_n, return_moved=False)
         theta = reg.get_affine()
-        matrix = theta_to_world(theta.double(), shape, fixed.affine, shape, fixed.affine, reg.align_corners)
+        found = theta_to_world(theta.double(), shape, fixed.affine, shape, fixed.affine, reg.align_corners)
+        matrix = start_matrix @ found
+        report["start_translation_mm"] = start_matrix[:ndim, ndim].tolist()
         report["settings"]["affine"] = config.settings("affine")
         report["loss_history"]["affine"] = reg.loss_history
         report["time_s"]["affine"] = {"init": reg.init_time, "levels": reg.level_times,

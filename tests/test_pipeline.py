@@ -207,6 +207,24 @@ def test_affine_finds_the_header_shift(volumes, tmp_path):
     assert abs(shift[0] - 4.0) < 1.5 and np.abs(shift[1:]).max() < 1.5
 
 
+def test_affine_starts_from_the_world_centres_of_mass(volumes, tmp_path):
+    """A header 50 mm off (the brains barely overlap on the fixed grid through the headers):
+    the centre-of-mass start in world space brings them together before the affine stage."""
+    array, affine = volumes["moving_array"], volumes["moving_affine"].copy()
+    affine[0, 3] += 46.0  # +4 mm already in the fixture: 50 mm in all
+    moving = _write(tmp_path / "far.nii.gz", array, affine)
+    out = tmp_path / "out"
+    cfg = {"affine": {"scales": [2, 1], "iterations": [100, 30]}}
+    report = register_files(volumes["fixed"], moving, "affine", out, config=cfg, verbose=False)
+    matrix = load_affine(out / "affine.txt")
+    centre = np.append(volumes["fixed_affine"][:3, :3] @ (np.array(volumes["fixed_shape"]) / 2)
+                       + volumes["fixed_affine"][:3, 3], 1)
+    shift = (matrix @ centre - centre)[:3]
+    assert abs(shift[0] - 50.0) < 2.0 and np.abs(shift[1:]).max() < 2.0
+    assert abs(report["start_translation_mm"][0] - 50.0) < 10.0
+    assert report["metrics"]["global_ncc"]["after"] > 0.9
+
+
 def test_apply_is_world_space(volumes, config, tmp_path):
     """apply reads the moving image on its own grid: the same image stored flipped along an
     axis (array reversed, affine adjusted) maps to the same result."""
