@@ -80,11 +80,11 @@ class AffineRegistration:
     pays ~0.7 s of one-time imports inside ``torch.optim``, torchreg too)::
 
         torchreg, its defaults (identity start, lr 1e-2)     0.23-0.29 s CPU    NCC 0.9634  600 iterations
-        regnet, defaults                                      0.029-0.031 s CPU  NCC 0.9632  50 + 10 iterations
+        regnet, defaults                                      0.024-0.026 s CPU  NCC 0.9632  50 + 10 iterations
         regnet, check_every=5                                 0.017 s CPU        NCC 0.9628  25 + 6 iterations
         ANTsPy Affine (2 threads, measured elsewhere)         0.49 s wall        NCC 0.963
 
-    So about 8x less CPU time than torchreg at equal NCC (4th decimal: regnet's pyramid
+    So about 8.5x less CPU time than torchreg at equal NCC (4th decimal: regnet's pyramid
     is anti-aliased, torchreg's is not), from needing ~10x fewer iterations at a similar
     cost per iteration: torchreg's unfused Adam step (~0.27 ms for four small tensors) is
     most of its iteration; regnet uses fused Adam (~0.1 ms), builds the affine grid by
