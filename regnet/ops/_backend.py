@@ -10,8 +10,9 @@ default) takes Triton for CUDA tensors when Triton imports and has a kernel for 
 the reference otherwise.
 
 Deterministic mode (``set_deterministic(True)``, or ``torch.use_deterministic_algorithms(True)``)
-makes the Triton backward passes avoid float atomics, so that gradients repeat bit for bit
-(see ``docs/triton.md``). It is read when a backward pass runs.
+makes the Triton kernels avoid float atomics (backward passes, and the joint-histogram
+forward), so that results repeat bit for bit (see ``docs/triton.md``). It is read when
+such a kernel runs.
 """
 
 from __future__ import annotations

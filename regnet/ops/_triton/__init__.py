@@ -12,7 +12,7 @@ try:
 except ImportError:  # pragma: no cover - depends on the environment
     KERNELS: dict = {}
 else:
-    from regnet.ops._triton import fields, gaussian, sampling
+    from regnet.ops._triton import fields, gaussian, joint_histogram, local_ncc, sampling
 
     KERNELS = {
         "grid_sample": sampling,
@@ -21,6 +21,8 @@ else:
         "compose": fields,
         "exp": fields,
         "gaussian_smooth": gaussian,
+        "joint_histogram": joint_histogram,
+        "local_ncc": local_ncc,
     }
 
 NAME = "triton"

@@ -1,0 +1,198 @@
+"""Triton ``local_ncc`` kernels against the reference backend, under the Triton interpreter.
+
+Every window type x convention x rank (1D, 2D, 3D) x float32/float64, forward and the
+gradients w.r.t. both images; odd window sizes 3..9, also wider than an axis; one gradient
+only; the large-offset case (images + 1000) against the float64 reference; half-precision
+inputs; non-contiguous inputs; the loss's expanded (stride-0) gradient. Buffers the kernels
+must fill start poisoned (NaN) and blocks are shrunk to 16 voxels, so that the passes span
+several programs with a partial last block.
+"""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from regnet import ops  # noqa: E402
+from regnet.ops import _backend  # noqa: E402
+
+triton = pytest.importorskip("triton")
+from regnet.ops._triton import local_ncc  # noqa: E402
+
+
+def _interpreted(fn) -> bool:
+    return type(fn).__name__ == "InterpretedFunction"
+
+
+if _interpreted(local_ncc._statistics_kernel) and _interpreted(triton.language.zeros):
+    DEVICE = torch.device("cpu")
+elif not _interpreted(local_ncc._statistics_kernel) and torch.cuda.is_available():
+    DEVICE = torch.device("cuda")
+else:  # pragma: no cover - depends on how the process imported Triton
+    pytest.skip("the Triton kernels are compiled and there is no CUDA device to run them", allow_module_level=True)
+
+pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
+
+KERNEL_TYPES = ("rectangular", "triangular", "gaussian")
+CONVENTIONS = ("monai", "torchreg")
+SMOOTHING = {"monai": (0.0, 1e-5), "torchreg": (1e-5, 1e-5)}
+# float32: the map divides by local variances, which amplifies rounding where they are small.
+TOL = {torch.float32: dict(rtol=1e-4, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-12)}
+SHAPES = {1: (2, 2, 11), 2: (2, 1, 5, 7), 3: (1, 2, 4, 3, 5)}
+
+
+@pytest.fixture(autouse=True)
+def _small_blocks_and_poisoned_buffers(monkeypatch):
+    monkeypatch.setattr(local_ncc, "BLOCK", 16)
+    monkeypatch.setattr(
+        local_ncc, "_empty", lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype, device=device)
+    )
+
+
+def _pair(shape, dtype=torch.float64, offset=0.0):
+    """A pred/target pair with local structure: target = smooth function of pred + noise, and a
+    zero background block (the minimum) in pred."""
+    pred = torch.rand(shape, dtype=torch.float64, device=DEVICE)
+    target = 0.6 * pred + 0.4 * torch.rand(shape, dtype=torch.float64, device=DEVICE) ** 2
+    pred.view(-1)[: max(1, pred.numel() // 8)] = 0.0
+    return (pred + offset).to(dtype), (target + offset).to(dtype)
+
+
+def _run(pred, target, backend, weight, needs=(True, True), **options):
+    a = pred.detach().clone().requires_grad_(needs[0])
+    b = target.detach().clone().requires_grad_(needs[1])
+    out = ops.local_ncc(a, b, backend=backend, **options)
+    (out * weight).sum().backward()
+    return out.detach(), a.grad, b.grad
+
+
+def _scaled_tol(tol, reference):
+    """``atol`` relative to the largest reference value (gradients scale with the weights)."""
+    return dict(rtol=tol["rtol"], atol=tol["atol"] * max(1.0, reference.abs().max().item()))
+
+
+def _compare(pred, target, tol=None, needs=(True, True), reference_dtype=None, **options):
+    ref_pred = pred if reference_dtype is None else pred.to(reference_dtype)
+    ref_target = target if reference_dtype is None else target.to(reference_dtype)
+    weight = torch.randn(pred.shape, dtype=ref_pred.dtype, device=DEVICE)
+    expected = _run(ref_pred, ref_target, "torch", weight, needs, **options)
+    actual = _run(pred, target, "triton", weight.to(pred.dtype), needs, **options)
+    tol = tol or TOL[pred.dtype]
+    for name, a, e in zip(("map", "grad_pred", "grad_target"), actual, expected):
+        if e is None:
+            assert a is None, name
+            continue
+        assert a.dtype == pred.dtype and a.shape == e.shape, name
+        assert not a.isnan().any(), f"{name}: NaN (an element the kernel did not write)"
+        torch.testing.assert_close(a.to(e.dtype), e, **_scaled_tol(tol, e), msg=lambda m, name=name: f"{name}: {m}")
+    return actual
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64))
+@pytest.mark.parametrize("convention", CONVENTIONS)
+@pytest.mark.parametrize("kernel_type", KERNEL_TYPES)
+@pytest.mark.parametrize("ndim", (1, 2, 3))
+def test_matches_reference(ndim, kernel_type, convention, dtype):
+    pred, target = _pair(SHAPES[ndim], dtype)
+    nr, dr = SMOOTHING[convention]
+    _compare(pred, target, kernel_size=5, kernel_type=kernel_type, smooth_nr=nr, smooth_dr=dr, convention=convention)
+
+
+@pytest.mark.parametrize("kernel_size", (3, 5, 7, 9))
+@pytest.mark.parametrize("kernel_type", KERNEL_TYPES)
+def test_kernel_sizes_and_windows_wider_than_an_axis(kernel_size, kernel_type):
+    pred, target = _pair((1, 2, 4, 10))  # windows of 5..9 exceed the first axis
+    for convention in CONVENTIONS:
+        nr, dr = SMOOTHING[convention]
+        _compare(pred, target, kernel_size=kernel_size, kernel_type=kernel_type, smooth_nr=nr, smooth_dr=dr,
+                 convention=convention)
+
+
+@pytest.mark.parametrize("kernel_size", (3, 7, 9))
+def test_kernel_sizes_3d(kernel_size):
+    pred, target = _pair((1, 1, 3, 4, 4))
+    _compare(pred, target, kernel_size=kernel_size, kernel_type="gaussian")
+    _compare(pred.float(), target.float(), kernel_size=kernel_size, kernel_type="triangular", convention="torchreg")
+
+
+@pytest.mark.parametrize("needs", ((True, False), (False, True)))
+def test_one_gradient_only(needs):
+    pred, target = _pair((2, 1, 4, 3, 3))
+    _compare(pred, target, needs=needs, kernel_size=3)
+    _compare(pred, target, needs=needs, kernel_size=5, kernel_type="triangular", convention="torchreg", smooth_nr=1e-5)
+
+
+@pytest.mark.parametrize("ndim", (2, 3))
+def test_large_intensity_offsets_stay_accurate_in_float32(ndim):
+    """Images + 1000 in float32 against the reference in float64 on the same values: the
+    min-shift keeps the local variances' digits (rectangular window: exact border correction)."""
+    shape = (1, 1, 9, 8) if ndim == 2 else (1, 1, 5, 4, 6)
+    pred, target = _pair(shape, torch.float32, offset=1000.0)
+    for convention in CONVENTIONS:
+        nr, dr = SMOOTHING[convention]
+        options = dict(kernel_size=5, smooth_nr=nr, smooth_dr=dr, convention=convention)
+        _compare(pred, target, tol=dict(rtol=1e-4, atol=1e-4), reference_dtype=torch.float64, **options)
+
+
+def test_identical_images_and_zero_background():
+    """An image against itself: 1 where the window sees structure; the zero background
+    (the minimum) stays exact, so constant windows give the smoothing limit, not noise."""
+    x = torch.zeros(1, 1, 8, 9, device=DEVICE)
+    x[..., 2:6, 3:7] = torch.rand(4, 4) + 1.0
+    _compare(x, x.clone(), tol=dict(rtol=1e-5, atol=1e-6))
+    _compare(x, x.clone(), tol=dict(rtol=1e-5, atol=1e-6), convention="torchreg", smooth_nr=1e-5)
+
+
+def test_constant_images_give_finite_values():
+    x = torch.full((1, 2, 4, 5), 3.0, device=DEVICE)
+    out, gp, gt = _compare(x, x.clone() * 2)
+    assert torch.isfinite(out).all() and torch.isfinite(gp).all() and torch.isfinite(gt).all()
+
+
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
+def test_half_precision_inputs_accumulate_in_float32(dtype):
+    pred, target = _pair((1, 2, 6, 5), dtype)
+    _compare(pred, target, tol=dict(rtol=3e-2, atol=3e-2), reference_dtype=torch.float32, kernel_size=3)
+
+
+def test_non_contiguous_inputs():
+    pred, target = _pair((2, 4, 6, 7))
+    pred, target = pred.transpose(2, 3)[:, ::2], target.transpose(2, 3)[:, 1::2]
+    assert not pred.is_contiguous()
+    _compare(pred, target, kernel_size=3, kernel_type="gaussian")
+
+
+def test_loss_mean_reduction_expanded_gradient():
+    """``mean`` hands the op an expanded (stride 0) gradient."""
+    from regnet.losses import LocalNCCLoss
+
+    pred, target = _pair((2, 1, 5, 6, 4), torch.float32)
+    grads = []
+    for backend in ("torch", "triton"):
+        a = pred.clone().requires_grad_()
+        _backend.set_backend(backend)
+        try:
+            loss = LocalNCCLoss(kernel_size=3)(a, target)
+        finally:
+            _backend.set_backend(None)
+        loss.backward()
+        grads.append((loss.detach(), a.grad))
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads[1][1], grads[0][1], rtol=1e-4, atol=1e-7)
+
+
+def test_backward_saves_only_the_inputs():
+    pred, target = _pair((1, 1, 4, 5, 3), torch.float32)
+    pred.requires_grad_()
+    out = ops.local_ncc(pred, target, 3, backend="triton")
+    saved = [t for t in out.grad_fn.saved_tensors if t.numel() > 3]  # the window itself is 3 taps
+    assert {t.data_ptr() for t in saved} == {pred.data_ptr(), target.data_ptr()}
+
+
+def test_registered():
+    from regnet.ops._triton import KERNELS
+
+    assert KERNELS["local_ncc"] is local_ncc
+    assert _backend.select("local_ncc", DEVICE, backend="triton") is local_ncc
