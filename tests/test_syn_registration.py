@@ -142,3 +142,27 @@ def test_thread_count_is_restored(small_slice):
         assert torch.get_num_threads() == 2  # ... and gives the caller's count back
     finally:
         torch.set_num_threads(threads)
+
+
+def test_affine_initialisation(small_slice):
+    """A rotated and shifted, then deformed copy: with ``affine=True`` the fields include the
+    affine part and the outputs keep the DDF convention."""
+    import math
+
+    a = math.radians(12.0)
+    theta = torch.tensor([[[math.cos(a), -math.sin(a), 0.08], [math.sin(a), math.cos(a), -0.05]]])
+    moving = ops.affine_transform(small_slice, theta, padding_mode="border", align_corners=True)
+    moving = ops.warp(moving, ops.exp(_smooth_svf((64, 64), 1.5, seed=9), padding_mode="border"))
+    with_affine = _fast(affine=True)
+    moved, moved_static, ddf, inverse = with_affine(moving, small_slice)
+    assert with_affine.theta is not None and with_affine.theta.shape == (1, 2, 3)
+    torch.testing.assert_close(moved, ops.warp(moving, ddf))
+    torch.testing.assert_close(moved_static, ops.warp(small_slice, inverse))
+    # the affine stage undid (most of) the 12-degree rotation: theta turns the other way
+    assert with_affine.theta[0, 0, 1] > 0.1 and with_affine.theta[0, 1, 0] < -0.05
+    inner = (slice(None), slice(None), slice(6, -6), slice(6, -6))
+    assert _ncc(moved[inner], small_slice[inner]) > 0.98 > _ncc(moving[inner], small_slice[inner]) + 0.1
+    # the inverse brings the static image back onto the moving one where both see the brain
+    assert _ncc(moved_static[inner], moving[inner]) > 0.9
+    with pytest.raises(TypeError, match="affine"):
+        SyNRegistration(affine="yes")

@@ -32,8 +32,18 @@ from collections.abc import Sequence
 import torch
 
 from regnet import ops
+from regnet.io.world import voxel_to_normalised
 from regnet.losses import DiffusionLoss, LocalNCCLoss
-from regnet.registration._common import LossLog, check_pair, downsample, level_shape, cpu_threads_for, make_optimizer, resize_field
+from regnet.registration._common import (
+    LossLog,
+    check_pair,
+    cpu_threads_for,
+    downsample,
+    level_shape,
+    make_optimizer,
+    resize_field,
+)
+from regnet.registration.affine import AffineRegistration
 
 
 def _as_levels(name: str, value, n: int, kind=float) -> list:
@@ -82,6 +92,11 @@ class SyNRegistration:
         tolerance: relative loss improvement over ``check_every`` iterations below which a
             level stops early (0 disables).
         verbose: tqdm bar per level with the loss.
+        affine: affine initialisation: ``True`` runs an
+            :class:`~regnet.registration.affine.AffineRegistration` (its defaults) of moving onto
+            static first, or pass a configured instance; SyN then registers the affinely
+            moved image and every returned field includes the affine part (``theta`` after
+            the call; ``None`` without).
 
     After ``__call__``: ``v_xy``, ``v_yx`` (velocities on the finest velocity grid, in its
     voxels), ``loss_history`` (per level), ``level_times`` (s). The transformation they
@@ -120,6 +135,7 @@ class SyNRegistration:
         velocity_scale: float = 2.0,
         tolerance: float = 1e-4,
         check_every: int = 10,
+        affine=False,
     ) -> None:
         if len(scales) == 0 or any(s <= 0 for s in scales):
             raise ValueError(f"SyNRegistration: scales must be positive numbers, got {scales!r}")
@@ -139,11 +155,15 @@ class SyNRegistration:
         self.velocity_scale = float(velocity_scale)
         self.tolerance = float(tolerance)
         self.check_every = int(check_every)
+        if not (isinstance(affine, bool) or isinstance(affine, AffineRegistration)):
+            raise TypeError(f"SyNRegistration: affine must be a bool or an AffineRegistration, got {type(affine).__name__}")
+        self.affine = affine
         self.reset()
 
     def reset(self) -> None:
         """Forget the fields of an earlier call."""
         self.v_xy = self.v_yx = None
+        self.theta = None
         self._static_shape = None
         self.loss_history: list[list[float]] = []
         self.level_times: list[float] = []
@@ -199,6 +219,12 @@ class SyNRegistration:
             )
         ndim = static.dim() - 2
         shape = tuple(static.shape[2:])
+        self.theta = None
+        original = moving
+        if self.affine is not False:
+            affine = self.affine if isinstance(self.affine, AffineRegistration) else AffineRegistration(verbose=self.verbose)
+            moving = affine(moving, static)
+            self.theta, self._affine_align_corners = affine.get_affine(), affine.align_corners
         first = level_shape(level_shape(shape, self.scales[0]), self.velocity_scale)
         zeros = static.new_zeros((static.shape[0], ndim, *first))
         self.v_xy = zeros if v_xy is None else v_xy.detach().to(static)
@@ -223,7 +249,7 @@ class SyNRegistration:
             return None
         ddf, inverse = self.fields()
         with torch.no_grad():
-            moved = ops.warp(torch.cat([moving, static]), torch.cat([ddf, inverse]))
+            moved = ops.warp(torch.cat([original, static]), torch.cat([ddf, inverse]))
         batch = moving.shape[0]
         return moved[:batch], moved[batch:], ddf, inverse
 
@@ -276,7 +302,32 @@ class SyNRegistration:
             inverse_swapped = torch.cat([half[3 * b:], half[2 * b: 3 * b]])
             full = ops.compose(forward, inverse_swapped)
             full = resize_field(full, self._static_shape)
-        return full[:b], full[b:]
+            ddf, inverse = full[:b], full[b:]
+            if self.theta is not None:
+                ddf, inverse = self._with_affine(ddf, inverse)
+        return ddf, inverse
+
+    def _with_affine(self, ddf, inverse):
+        """Total fields of ``x -> A (x + ddf(x))`` and its inverse ``y -> z + inverse(z)``,
+        ``z = A^-1 y``, with ``A`` the affine stage's map in voxels of the (common) grid."""
+        shape = self._static_shape
+        ndim = len(shape)
+        to_normalised = torch.as_tensor(voxel_to_normalised(shape, self._affine_align_corners), dtype=torch.float64,
+                                        device=ddf.device)
+        square = torch.eye(ndim + 1, dtype=torch.float64, device=ddf.device).repeat(ddf.shape[0], 1, 1)
+        square[:, :ndim] = self.theta.double()
+        voxel_map = torch.linalg.inv(to_normalised) @ square @ to_normalised  # (B, ndim+1, ndim+1)
+        identity = torch.stack(torch.meshgrid(
+            *[torch.arange(n, dtype=torch.float64, device=ddf.device) for n in shape], indexing="ij"))[None]
+
+        def apply(matrix, points):  # (B, ndim+1, ndim+1) on (B, ndim, *shape)
+            out = torch.einsum("bij,bj...->bi...", matrix[:, :ndim, :ndim], points)
+            return out + matrix[:, :ndim, ndim].reshape(-1, ndim, *[1] * ndim)
+
+        total = (apply(voxel_map, identity + ddf.double()) - identity).to(ddf.dtype)
+        to_static = (apply(torch.linalg.inv(voxel_map), identity) - identity).to(ddf.dtype)
+        total_inverse = ops.compose(inverse, to_static)
+        return total, total_inverse
 
     def transform(self, image, direction: str = "forward", mode: str = "bilinear"):
         """Warp ``image`` ``(B, C, *spatial)``: ``"forward"`` maps a moving-space image onto
