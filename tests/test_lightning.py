@@ -402,10 +402,6 @@ def test_random_and_atlas_pairing(tmp_path):
 
 
 def test_deform_pairing_with_rand_svf_deformd(tmp_path):
-    try:
-        from regnet.transforms.random import RandSVFDeformd  # noqa: F401
-    except ImportError:  # pragma: no cover
-        pytest.skip("regnet.transforms.RandSVFDeformd is not available yet")
     images, labels = _write_volumes(tmp_path, n=2)
     data = PairDataModule(pairing="deform", images=images, labels=labels, label_type="index", val_cases=["img1"],
                           val_repeats=2, deform_magnitude=3.0, deform_sigma=3.0, deform_fixed=True)
