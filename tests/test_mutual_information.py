@@ -263,8 +263,9 @@ def test_module_holds_only_configuration():
 def test_backend_choice():
     x = torch.rand(1, 1, 5, 5)
     torch.testing.assert_close(ops.joint_histogram(x, x, backend="torch"), ops.joint_histogram(x, x))
-    with pytest.raises(ValueError, match="joint_histogram"):
-        ops.joint_histogram(x, x, backend="triton")
+    # the Triton kernel (run by the interpreter on the CPU) gives the same histogram
+    torch.testing.assert_close(ops.joint_histogram(x, x, backend="triton"), ops.joint_histogram(x, x),
+                               rtol=1e-5, atol=1e-6)
 
 
 _X = torch.zeros(1, 1, 4, 4)
