@@ -81,20 +81,21 @@ class AffineRegistration:
     ``verbose=False``, median of 5 calls after a first one (the first call in a process also
     pays ~0.7 s of one-time imports inside ``torch.optim``, torchreg too)::
 
-        torchreg, its defaults (identity start, lr 1e-2)     0.23-0.29 s CPU    NCC 0.9634  600 iterations
-        regnet, defaults                                      0.024-0.026 s CPU  NCC 0.9632  50 + 10 iterations
-        regnet, check_every=5                                 0.017 s CPU        NCC 0.9628  25 + 6 iterations
-        ANTsPy Affine (2 threads, measured elsewhere)         0.49 s wall        NCC 0.963
+        torchreg, its defaults (identity start, lr 1e-2)     0.21-0.23 s CPU    NCC 0.9634  600 iterations
+        regnet, defaults                                      0.020-0.022 s CPU  NCC 0.9632  50 + 10 iterations
+        regnet, check_every=5                                 0.015 s CPU        NCC 0.9628  25 + 6 iterations
+        ANTsPy Affine (2 threads, measured elsewhere)         0.18-0.21 s wall   NCC 0.9631
 
-    So about 8.5x less CPU time than torchreg at equal NCC (4th decimal: regnet's pyramid
+    So about 10.5x less CPU time than torchreg at equal NCC (4th decimal: regnet's pyramid
     is anti-aliased, torchreg's is not), from needing ~10x fewer iterations at a similar
     cost per iteration: torchreg's unfused Adam step (~0.27 ms for four small tensors) is
-    most of its iteration; regnet uses fused Adam (~0.1 ms), builds the affine grid by
-    broadcasting per-axis lines instead of ATen's ``affine_grid_generator``, and takes the
-    ``theta`` gradient by per-axis reductions. Finer levels start from a converged estimate
-    and are judged on windows of ``check_every // 2`` iterations. More where host
-    synchronisation is costly: torchreg reads ``loss.item()`` every iteration, regnet every
-    ``check_every``.
+    most of its iteration; regnet uses fused Adam (~0.1 ms), one autograd node for
+    ``compose_affine`` + ``affine_transform`` that keeps its small sampling grid for the
+    backward, builds that grid from per-axis parts instead of ATen's
+    ``affine_grid_generator``, and takes the ``theta`` gradient with a cached base grid.
+    Finer levels start from a converged estimate and are judged on windows of
+    ``check_every // 2`` iterations. More where host synchronisation is costly: torchreg
+    reads ``loss.item()`` every iteration, regnet every ``check_every``.
 
     Alternatives measured on five 2D pairs (r16, r27, r30, r62, r85 -> r64) and six
     synthetic ones (r16 rotated by up to 45 degrees, zoomed by 0.9-1.25, shifted by up to
@@ -429,8 +430,9 @@ class AffineRegistration:
             return [[translation, rotations[0], zoom, shear]]
 
         with torch.no_grad():
-            c_moving, cov_moving = _moments(moving, self.align_corners)
-            c_static, cov_static = _moments(static, self.align_corners)
+            with_cov = self.init == "moments" and rotation is None
+            c_moving, cov_moving = _moments(moving, self.align_corners, with_cov)
+            c_static, cov_static = _moments(static, self.align_corners, with_cov)
             if self.init == "moments" and rotation is None:
                 rotations += _principal_axes_rotations(cov_moving, cov_static, static, self.align_corners)
             candidates = []
@@ -545,10 +547,11 @@ def _coordinates(shape, align_corners: bool, like: torch.Tensor) -> list[torch.T
     return lines
 
 
-def _moments(image: torch.Tensor, align_corners: bool):
+def _moments(image: torch.Tensor, align_corners: bool, with_cov: bool = True):
     """Centre of mass ``(B, ndim)`` and second central moments ``(B, ndim, ndim)`` of the
     intensities (summed over channels, shifted to a minimum of 0), in normalised
-    coordinates ordered ``(x, y[, z])``. An empty (constant) image has its centre at 0."""
+    coordinates ordered ``(x, y[, z])``; ``None`` for the moments unless ``with_cov``. An
+    empty (constant) image has its centre at 0."""
     batch, ndim = image.shape[0], image.dim() - 2
     dtype = image.dtype
     image = _precise(image)  # sums over millions of voxels
@@ -559,6 +562,8 @@ def _moments(image: torch.Tensor, align_corners: bool):
     coords = list(reversed(_coordinates(image.shape[2:], align_corners, image)))  # (x, y[, z])
     centre = torch.stack([(weight * c).reshape(batch, -1).sum(1) / safe for c in coords], dim=1)
     centre = torch.where((mass > 0)[:, None], centre, torch.zeros_like(centre))
+    if not with_cov:
+        return centre.to(dtype), None
     cov = torch.zeros(batch, ndim, ndim, dtype=image.dtype, device=image.device)
     for i in range(ndim):
         di = coords[i] - centre[:, i].view(batch, *[1] * ndim)
