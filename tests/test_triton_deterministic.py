@@ -20,26 +20,23 @@ import torch  # noqa: E402
 
 from regnet import ops  # noqa: E402
 from regnet.ops import _backend  # noqa: E402
+from triton_helpers import (  # noqa: E402
+    INTERPRETER_WARNINGS,
+    MODES,
+    PADDINGS,
+    far,
+    run_weighted,
+    small_blocks_and_poisoned_buffers,
+    triton_device,
+)
 
 triton = pytest.importorskip("triton")
 from regnet.ops._triton import fields, sampling, scatter  # noqa: E402
 
+DEVICE = triton_device(scatter._plan_kernel)
 
-def _interpreted(fn) -> bool:
-    return type(fn).__name__ == "InterpretedFunction"
+pytestmark = INTERPRETER_WARNINGS
 
-
-if _interpreted(scatter._plan_kernel) and _interpreted(triton.language.zeros):
-    DEVICE = torch.device("cpu")
-elif not _interpreted(scatter._plan_kernel) and torch.cuda.is_available():
-    DEVICE = torch.device("cuda")
-else:  # pragma: no cover - depends on how the process imported Triton
-    pytest.skip("the Triton kernels are compiled and there is no CUDA device to run them", allow_module_level=True)
-
-pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
-
-MODES = ("bilinear", "nearest")
-PADDINGS = ("zeros", "border", "reflection")
 TOL = {torch.float32: dict(rtol=1e-5, atol=2e-5), torch.float64: dict(rtol=1e-10, atol=1e-10)}
 
 
@@ -56,15 +53,10 @@ class _Spy:
         return launch
 
 
-def _poison(shape, dtype, device):
-    return torch.full(shape, float("nan") if dtype.is_floating_point else -7, dtype=dtype, device=device)
-
 
 @pytest.fixture(autouse=True)
 def _setup(monkeypatch):
-    for module in (sampling, fields, scatter):
-        monkeypatch.setattr(module, "BLOCK", 16)
-        monkeypatch.setattr(module, "_empty", _poison)
+    small_blocks_and_poisoned_buffers(monkeypatch, sampling, fields, scatter)
     monkeypatch.setattr(scatter, "BLOCK", 32)  # fewer interpreted programs; still a partial last block
     spies = {
         "sample": _Spy(sampling._sample_backward_kernel),
@@ -88,21 +80,6 @@ def _no_atomics(spies):
     assert spies["gather"].launches
 
 
-def _far(x, every, low, high):
-    flat = x.view(-1)
-    idx = torch.arange(0, flat.numel(), every, device=x.device)
-    sign = torch.randint(0, 2, idx.shape, device=x.device) * 2 - 1
-    flat[idx] = sign * (low + (high - low) * torch.rand(idx.shape, dtype=x.dtype, device=x.device))
-    return x
-
-
-def _run(fn, inputs, backend, weight):
-    leaves = [x.detach().clone().requires_grad_() for x in inputs]
-    out = fn(*leaves, backend=backend)
-    (out * weight).sum().backward()
-    return [out.detach(), *(x.grad for x in leaves)]
-
-
 def _check(fn, inputs, spies, repeat=False):
     """Matches the reference and took no atomic path; ``repeat``: a second run is bitwise
     identical."""
@@ -110,9 +87,9 @@ def _check(fn, inputs, spies, repeat=False):
     with torch.no_grad():
         shape = fn(*inputs, backend="torch").shape
     weight = torch.randn(shape, dtype=dtype, device=DEVICE)
-    expected = _run(fn, inputs, "torch", weight)
-    first = _run(fn, inputs, "triton", weight)
-    second = _run(fn, inputs, "triton", weight) if repeat else first
+    expected = run_weighted(fn, inputs, "torch", weight)
+    first = run_weighted(fn, inputs, "triton", weight)
+    second = run_weighted(fn, inputs, "triton", weight) if repeat else first
     for i, (a, b, e) in enumerate(zip(first, second, expected)):
         assert not a.isnan().any(), f"[{i}]: NaN (an element the kernel did not write)"
         torch.testing.assert_close(a, e, **TOL[dtype], msg=lambda m, i=i: f"[{i}]: {m}")
@@ -122,8 +99,8 @@ def _check(fn, inputs, spies, repeat=False):
 
 def _inputs(ndim, dtype):
     image = torch.randn(2, 2, *(3, 4, 5)[:ndim], dtype=dtype, device=DEVICE)
-    grid = _far((torch.rand(2, *(4, 3, 2)[:ndim], ndim, dtype=dtype, device=DEVICE) * 2 - 1) * 1.5, 5, 5.0, 50.0)
-    ddf = _far(torch.randn(2, ndim, *(3, 4, 5)[:ndim], dtype=dtype, device=DEVICE) * 2, 5, 10.0, 60.0)
+    grid = far((torch.rand(2, *(4, 3, 2)[:ndim], ndim, dtype=dtype, device=DEVICE) * 2 - 1) * 1.5, 5, 5.0, 50.0)
+    ddf = far(torch.randn(2, ndim, *(3, 4, 5)[:ndim], dtype=dtype, device=DEVICE) * 2, 5, 10.0, 60.0)
     theta = torch.eye(ndim, ndim + 1, dtype=dtype, device=DEVICE) * 1.3
     theta = theta + 0.25 * torch.randn(2, ndim, ndim + 1, dtype=dtype, device=DEVICE)
     return image, grid, ddf, theta
@@ -140,7 +117,7 @@ def _sampling_ops(spies, ndim, mode, padding_mode, dtype, repeat=False):
 
 def _field_ops(spies, ndim, mode, padding_mode, dtype, repeat=False):
     u1 = torch.randn(2, ndim, *(3, 4, 5)[:ndim], dtype=dtype, device=DEVICE) * 1.5
-    u2 = _far(torch.randn(2, ndim, *(3, 4, 5)[:ndim], dtype=dtype, device=DEVICE) * 1.5, 7, 8.0, 40.0)
+    u2 = far(torch.randn(2, ndim, *(3, 4, 5)[:ndim], dtype=dtype, device=DEVICE) * 1.5, 7, 8.0, 40.0)
     _check(lambda a, b, backend: ops.compose(a, b, mode, padding_mode, backend=backend), (u1, u2), spies, repeat)
     svf = torch.randn(2, ndim, *(3, 4, 5)[:ndim], dtype=dtype, device=DEVICE) * 3
     _check(lambda v, backend: ops.exp(v, 3, mode, padding_mode, backend=backend), (svf,), spies, repeat)

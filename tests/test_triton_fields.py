@@ -19,39 +19,31 @@ import torch  # noqa: E402
 
 from regnet import ops  # noqa: E402
 from regnet.ops import _backend  # noqa: E402
+from triton_helpers import (  # noqa: E402
+    INTERPRETER_WARNINGS,
+    MODES,
+    PADDINGS,
+    far,
+    run_weighted,
+    small_blocks_and_poisoned_buffers,
+    triton_device,
+)
 
 triton = pytest.importorskip("triton")
 from regnet.ops._triton import fields, sampling, scatter  # noqa: E402
 
+DEVICE = triton_device(fields._step_forward_kernel)
 
-def _interpreted(fn) -> bool:
-    return type(fn).__name__ == "InterpretedFunction"
+pytestmark = INTERPRETER_WARNINGS
 
-
-if _interpreted(fields._step_forward_kernel) and _interpreted(triton.language.zeros):
-    DEVICE = torch.device("cpu")
-elif not _interpreted(fields._step_forward_kernel) and torch.cuda.is_available():
-    DEVICE = torch.device("cuda")
-else:  # pragma: no cover - depends on how the process imported Triton
-    pytest.skip("the Triton kernels are compiled and there is no CUDA device to run them", allow_module_level=True)
-
-pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
-
-MODES = ("bilinear", "nearest")
-PADDINGS = ("zeros", "border", "reflection")
 DTYPES = (torch.float32, torch.float64)
 TOL = {torch.float32: dict(rtol=1e-5, atol=2e-5), torch.float64: dict(rtol=1e-10, atol=1e-10)}
 
 
-def _poison(shape, dtype, device):
-    return torch.full(shape, float("nan") if dtype.is_floating_point else -7, dtype=dtype, device=device)
-
 
 @pytest.fixture(autouse=True)
 def _small_blocks_and_poisoned_buffers(monkeypatch):
-    for module in (sampling, fields, scatter):
-        monkeypatch.setattr(module, "BLOCK", 16)
-        monkeypatch.setattr(module, "_empty", _poison)
+    small_blocks_and_poisoned_buffers(monkeypatch, sampling, fields, scatter)
     _backend.set_deterministic(False)
     yield
     _backend.set_deterministic(False)
@@ -67,13 +59,6 @@ def _field(ndim, dtype, spatial=(3, 4, 5), batch=2, scale=1.5, far=True):
     return u
 
 
-def _run(fn, inputs, backend, weight):
-    leaves = [x.detach().clone().requires_grad_() for x in inputs]
-    out = fn(*leaves, backend=backend)
-    (out * weight).sum().backward()
-    return [out.detach(), *(x.grad for x in leaves)]
-
-
 def _compare(fn, inputs, tol=None, reference_dtype=None):
     """Triton vs reference, output and every input gradient. ``reference_dtype``: run the
     reference on the inputs cast to it (the oracle for float16/bfloat16 kernels)."""
@@ -82,8 +67,8 @@ def _compare(fn, inputs, tol=None, reference_dtype=None):
     with torch.no_grad():
         shape = fn(*ref_inputs, backend="torch").shape
     weight = torch.randn(shape, dtype=ref_inputs[0].dtype, device=DEVICE)
-    expected = _run(fn, ref_inputs, "torch", weight)
-    actual = _run(fn, inputs, "triton", weight.to(dtype))
+    expected = run_weighted(fn, ref_inputs, "torch", weight)
+    actual = run_weighted(fn, inputs, "triton", weight.to(dtype))
     for name, a, e in zip(("output", *(f"grad[{i}]" for i in range(len(inputs)))), actual, expected):
         assert a.dtype == dtype and a.shape == e.shape, name
         assert not a.isnan().any(), f"{name}: NaN (an element the kernel did not write)"

@@ -15,23 +15,14 @@ import torch  # noqa: E402
 
 from regnet import ops  # noqa: E402
 from regnet.ops import _backend  # noqa: E402
+from triton_helpers import INTERPRETER_WARNINGS, MODES, small_blocks_and_poisoned_buffers, triton_device  # noqa: E402
 
 triton = pytest.importorskip("triton")
 from regnet.ops._triton import gaussian  # noqa: E402
 
+DEVICE = triton_device(gaussian._correlate_kernel)
 
-def _interpreted(fn) -> bool:
-    return type(fn).__name__ == "InterpretedFunction"
-
-
-if _interpreted(gaussian._correlate_kernel) and _interpreted(triton.language.zeros):
-    DEVICE = torch.device("cpu")
-elif not _interpreted(gaussian._correlate_kernel) and torch.cuda.is_available():
-    DEVICE = torch.device("cuda")
-else:  # pragma: no cover - depends on how the process imported Triton
-    pytest.skip("the Triton kernels are compiled and there is no CUDA device to run them", allow_module_level=True)
-
-pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
+pytestmark = INTERPRETER_WARNINGS
 
 MODES = ("reflect", "nearest", "mirror", "wrap", "constant")
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-12, atol=1e-13)}
@@ -45,10 +36,7 @@ CASES = {
 
 @pytest.fixture(autouse=True)
 def _small_blocks_and_poisoned_buffers(monkeypatch):
-    monkeypatch.setattr(gaussian, "BLOCK", 16)
-    monkeypatch.setattr(
-        gaussian, "_empty", lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype, device=device)
-    )
+    small_blocks_and_poisoned_buffers(monkeypatch, gaussian)
 
 
 def _compare(x, sigma, mode, truncate=4.0, tol=None, reference_dtype=None):

@@ -19,23 +19,14 @@ import torch  # noqa: E402
 
 from regnet import ops  # noqa: E402
 from regnet.ops import _backend  # noqa: E402
+from triton_helpers import INTERPRETER_WARNINGS, small_blocks_and_poisoned_buffers, triton_device  # noqa: E402
 
 triton = pytest.importorskip("triton")
 from regnet.ops._triton import joint_histogram  # noqa: E402
 
+DEVICE = triton_device(joint_histogram._histogram_kernel)
 
-def _interpreted(fn) -> bool:
-    return type(fn).__name__ == "InterpretedFunction"
-
-
-if _interpreted(joint_histogram._histogram_kernel) and _interpreted(triton.language.zeros):
-    DEVICE = torch.device("cpu")
-elif not _interpreted(joint_histogram._histogram_kernel) and torch.cuda.is_available():
-    DEVICE = torch.device("cuda")
-else:  # pragma: no cover - depends on how the process imported Triton
-    pytest.skip("the Triton kernels are compiled and there is no CUDA device to run them", allow_module_level=True)
-
-pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
+pytestmark = INTERPRETER_WARNINGS
 
 KERNELS = ("gaussian", "b-spline")
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-11, atol=1e-13)}
@@ -44,12 +35,8 @@ SHAPES = {1: (2, 3, 13), 2: (2, 2, 7, 5), 3: (1, 2, 3, 4, 5)}
 
 @pytest.fixture(autouse=True)
 def _small_blocks_and_poisoned_buffers(monkeypatch):
-    monkeypatch.setattr(joint_histogram, "BLOCK", 16)
+    small_blocks_and_poisoned_buffers(monkeypatch, joint_histogram)
     monkeypatch.setattr(joint_histogram, "PROGRAMS", 3)
-    monkeypatch.setattr(
-        joint_histogram, "_empty",
-        lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype, device=device),
-    )
     _backend.set_deterministic(False)
     yield
     _backend.set_deterministic(False)

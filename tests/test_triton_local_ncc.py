@@ -17,23 +17,14 @@ import torch  # noqa: E402
 
 from regnet import ops  # noqa: E402
 from regnet.ops import _backend  # noqa: E402
+from triton_helpers import INTERPRETER_WARNINGS, small_blocks_and_poisoned_buffers, triton_device  # noqa: E402
 
 triton = pytest.importorskip("triton")
 from regnet.ops._triton import local_ncc  # noqa: E402
 
+DEVICE = triton_device(local_ncc._statistics_kernel)
 
-def _interpreted(fn) -> bool:
-    return type(fn).__name__ == "InterpretedFunction"
-
-
-if _interpreted(local_ncc._statistics_kernel) and _interpreted(triton.language.zeros):
-    DEVICE = torch.device("cpu")
-elif not _interpreted(local_ncc._statistics_kernel) and torch.cuda.is_available():
-    DEVICE = torch.device("cuda")
-else:  # pragma: no cover - depends on how the process imported Triton
-    pytest.skip("the Triton kernels are compiled and there is no CUDA device to run them", allow_module_level=True)
-
-pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
+pytestmark = INTERPRETER_WARNINGS
 
 KERNEL_TYPES = ("rectangular", "triangular", "gaussian")
 CONVENTIONS = ("monai", "torchreg")
@@ -45,10 +36,7 @@ SHAPES = {1: (2, 2, 11), 2: (2, 1, 5, 7), 3: (1, 2, 4, 3, 5)}
 
 @pytest.fixture(autouse=True)
 def _small_blocks_and_poisoned_buffers(monkeypatch):
-    monkeypatch.setattr(local_ncc, "BLOCK", 16)
-    monkeypatch.setattr(
-        local_ncc, "_empty", lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype, device=device)
-    )
+    small_blocks_and_poisoned_buffers(monkeypatch, local_ncc)
 
 
 def _pair(shape, dtype=torch.float64, offset=0.0):

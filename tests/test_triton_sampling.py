@@ -25,30 +25,23 @@ import torch  # noqa: E402
 
 from regnet import ops  # noqa: E402
 from regnet.ops import _backend  # noqa: E402
+from triton_helpers import (  # noqa: E402
+    INTERPRETER_WARNINGS,
+    MODES,
+    PADDINGS,
+    far,
+    run_weighted,
+    small_blocks_and_poisoned_buffers,
+    triton_device,
+)
 
 triton = pytest.importorskip("triton")
 from regnet.ops._triton import sampling  # noqa: E402
 
+DEVICE = triton_device(sampling._sample_forward_kernel)
 
-def _interpreted(fn) -> bool:
-    return type(fn).__name__ == "InterpretedFunction"
+pytestmark = INTERPRETER_WARNINGS
 
-
-if _interpreted(sampling._sample_forward_kernel) and _interpreted(triton.language.zeros):
-    DEVICE = torch.device("cpu")
-elif not _interpreted(sampling._sample_forward_kernel) and torch.cuda.is_available():
-    DEVICE = torch.device("cuda")
-else:  # pragma: no cover - depends on how the process imported Triton
-    pytest.skip(
-        "the Triton kernels are compiled (Triton was imported before TRITON_INTERPRET=1 was set, or it is 0) "
-        "and there is no CUDA device to run them", allow_module_level=True,
-    )
-
-# Triton 3.6's interpreter turns a one-element array into a loop bound with a NumPy deprecation.
-pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
-
-MODES = ("bilinear", "nearest")
-PADDINGS = ("zeros", "border", "reflection")
 # (dtype, channels): float32 with one and several channels, float64 once.
 CASES = ((torch.float32, 1), (torch.float32, 3), (torch.float64, 2))
 TOL = {torch.float32: dict(rtol=1e-5, atol=2e-5), torch.float64: dict(rtol=1e-10, atol=1e-10)}
@@ -56,38 +49,25 @@ TOL = {torch.float32: dict(rtol=1e-5, atol=2e-5), torch.float64: dict(rtol=1e-10
 
 @pytest.fixture(autouse=True)
 def _small_blocks_and_poisoned_buffers(monkeypatch):
-    monkeypatch.setattr(sampling, "BLOCK", 16)
-    monkeypatch.setattr(
-        sampling, "_empty",
-        lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype, device=device),
-    )
+    small_blocks_and_poisoned_buffers(monkeypatch, sampling)
 
 
 def _image(ndim, channels, dtype, spatial=(3, 4, 5), batch=2):
     return torch.randn(batch, channels, *spatial[:ndim], dtype=dtype, device=DEVICE)
 
 
-def _far(x, every, low, high):
-    """Move every ``every``-th entry of ``x`` to a random distance in [low, high], either sign."""
-    flat = x.view(-1)
-    idx = torch.arange(0, flat.numel(), every, device=x.device)
-    sign = torch.randint(0, 2, idx.shape, device=x.device) * 2 - 1
-    flat[idx] = sign * (low + (high - low) * torch.rand(idx.shape, dtype=x.dtype, device=x.device))
-    return x
-
-
 def _grid(ndim, dtype, padding_mode, out_spatial=(4, 3, 2), batch=2):
     grid = (torch.rand(batch, *out_spatial[:ndim], ndim, dtype=dtype, device=DEVICE) * 2 - 1) * 1.5
-    _far(grid, 5, 5.0, 50.0)  # several reflections away
+    far(grid, 5, 5.0, 50.0)  # several reflections away
     if padding_mode != "reflection":
         # ATen's CPU reflection in 2D is not exact this far out; zeros / border are.
-        _far(grid.view(-1)[2:], 11, 1e7, 1e7)
+        far(grid.view(-1)[2:], 11, 1e7, 1e7)
     return grid
 
 
 def _ddf(ndim, dtype, spatial=(3, 4, 5), batch=2):
     ddf = torch.randn(batch, ndim, *spatial[:ndim], dtype=dtype, device=DEVICE) * 2
-    return _far(ddf, 5, 10.0, 60.0)
+    return far(ddf, 5, 10.0, 60.0)
 
 
 def _theta(ndim, dtype, batch=2):
@@ -97,24 +77,19 @@ def _theta(ndim, dtype, batch=2):
     return theta
 
 
-def _run(fn, inputs, backend, weight):
-    leaves = [x.detach().clone().requires_grad_() for x in inputs]
-    out = fn(*leaves, backend=backend)
-    (out * weight).sum().backward()
-    return [out.detach(), *(x.grad for x in leaves)]
-
-
-def _compare(fn, inputs):
+def _compare(fn, inputs, tolerances=None):
+    """Triton against the reference; ``tolerances`` overrides ``TOL`` per result name."""
     dtype = inputs[0].dtype
     with torch.no_grad():
         shape = fn(*inputs, backend="torch").shape
     weight = torch.randn(shape, dtype=dtype, device=DEVICE)
-    expected = _run(fn, inputs, "torch", weight)
-    actual = _run(fn, inputs, "triton", weight)
+    expected = run_weighted(fn, inputs, "torch", weight)
+    actual = run_weighted(fn, inputs, "triton", weight)
     for name, a, e in zip(("output", *(f"grad[{i}]" for i in range(len(inputs)))), actual, expected):
         assert a.dtype == e.dtype and a.shape == e.shape, name
         assert not a.isnan().any(), f"{name}: NaN (an element the kernel did not write)"
-        torch.testing.assert_close(a, e, **TOL[dtype], msg=lambda m, name=name: f"{name}: {m}")
+        tol = (tolerances or {}).get(name, TOL[dtype])
+        torch.testing.assert_close(a, e, **tol, msg=lambda m, name=name: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("dtype,channels", CASES)
@@ -134,8 +109,12 @@ def test_affine_transform_matches_reference(ndim, mode, padding_mode, align_corn
     image = _image(ndim, channels, dtype)
     theta = _theta(ndim, dtype)
     shape = (4, 3, 2)[:ndim]  # output grid differs from the image grid
+    # The theta gradient sums coordinate-weighted terms over every output point; with the
+    # second pair sampling several reflections away, float32 rounding of the sample positions
+    # (the two backends build them in different orders) shows up at ~1e-4 of its size.
+    loose = {"grad[1]": dict(rtol=3e-4, atol=1e-4)} if dtype == torch.float32 else None
     _compare(lambda x, t, backend: ops.affine_transform(x, t, shape, mode, padding_mode, align_corners,
-                                                        backend=backend), (image, theta))
+                                                        backend=backend), (image, theta), loose)
 
 
 @pytest.mark.parametrize("dtype,channels", CASES)

@@ -16,6 +16,7 @@ import torch
 from monai.data import MetaTensor, get_track_meta
 from monai.data.utils import to_affine_nd
 from monai.utils import ensure_tuple
+from monai.utils.enums import TraceKeys
 
 from regnet import ops
 from regnet.io import voxel_to_normalised
@@ -271,4 +272,38 @@ def invert_ddf(ddf: torch.Tensor, iterations: int = 30, padding_mode: str = "bor
 
 def spatial_shape(x: torch.Tensor) -> tuple[int, ...]:
     return tuple(int(s) for s in x.shape[1:])
+
+
+def warp_back(transform, d: dict, warp, skip_not_applied: bool = False) -> dict:
+    """The ``inverse`` of a dictionary transform that warped its keys by the field under
+    ``transform.ddf_key``: pops each key's trace and warps it back (with the recorded ``mode``
+    and ``padding_mode``) by the inverse field, taken from ``transform.inverse_ddf_key`` when
+    present, else computed once by :func:`invert_ddf`. ``warp`` is
+    :func:`regnet.transforms.fields.warp_image` (passed in: that module imports this one).
+    ``skip_not_applied``: leave keys whose trace says the transform was not applied
+    (``DO_TRANSFORM`` false) as they are. ``d`` is changed in place and returned.
+    """
+    name = type(transform).__name__
+    inverse = None
+    for key in transform.key_iterator(d):
+        xform = transform.pop_transform(traced(where(f"{name}.inverse", key), d[key]))
+        if skip_not_applied and not xform[TraceKeys.DO_TRANSFORM]:
+            continue
+        info = xform[TraceKeys.EXTRA_INFO]
+        if inverse is None:
+            if transform.inverse_ddf_key is not None and transform.inverse_ddf_key in d:
+                inverse = d[transform.inverse_ddf_key]
+            elif transform.ddf_key in d:
+                u = check_field(where(name, transform.ddf_key), d[transform.ddf_key], spatial_shape(d[key]))
+                dev = device_of(transform.device, d[key].device)
+                with torch.no_grad():
+                    inverse = invert_ddf(plain(u).to(dev, torch.float32)[None])[0]
+            else:
+                raise KeyError(f"{name}.inverse: needs the field under {transform.ddf_key!r}"
+                               + (f" or {transform.inverse_ddf_key!r}" if transform.inverse_ddf_key is not None
+                                  else "")
+                               + f"; present keys: {list(d)}")
+        d[key] = warp(d[key], inverse, info["mode"], info["padding_mode"], transform.device,
+                      name=where(f"{name}.inverse", key), ddf_name=f"{name}.inverse: inverse field")
+    return d
 

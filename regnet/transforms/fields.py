@@ -12,7 +12,6 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import InvertibleTransform, MapTransform, Transform
 from monai.utils import TransformBackends
-from monai.utils.enums import TraceKeys
 
 from regnet import ops
 from regnet.metrics import jacobian_stats
@@ -25,7 +24,6 @@ from regnet.transforms._common import (
     check_key,
     check_steps,
     device_of,
-    invert_ddf,
     output_dtype,
     output_keys as resolve_output_keys,
     per_key,
@@ -33,7 +31,7 @@ from regnet.transforms._common import (
     same_grid_output,
     sampling_dtype,
     spatial_shape,
-    traced,
+    warp_back,
     where,
 )
 
@@ -161,27 +159,7 @@ class Warpd(MapTransform, InvertibleTransform):
         return d
 
     def inverse(self, data: Mapping) -> dict:
-        d = dict(data)
-        name = type(self).__name__
-        inverse = None
-        for key in self.key_iterator(d):
-            xform = self.pop_transform(traced(where(f"{name}.inverse", key), d[key]))
-            info = xform[TraceKeys.EXTRA_INFO]
-            if inverse is None:
-                if self.inverse_ddf_key is not None and self.inverse_ddf_key in d:
-                    inverse = d[self.inverse_ddf_key]
-                elif self.ddf_key in d:
-                    u = check_field(where(name, self.ddf_key), d[self.ddf_key], spatial_shape(d[key]))
-                    dev = device_of(self.device, d[key].device)
-                    with torch.no_grad():
-                        inverse = invert_ddf(plain(u).to(dev, torch.float32)[None])[0]
-                else:
-                    raise KeyError(f"{name}.inverse: needs the field under {self.ddf_key!r}"
-                                   + (f" or {self.inverse_ddf_key!r}" if self.inverse_ddf_key is not None else "")
-                                   + f"; present keys: {list(d)}")
-            d[key] = warp_image(d[key], inverse, info["mode"], info["padding_mode"], self.device,
-                                name=where(f"{name}.inverse", key), ddf_name=f"{name}.inverse: inverse field")
-        return d
+        return warp_back(self, dict(data), warp_image)
 
 
 # --- velocity fields ------------------------------------------------------------------------

@@ -20,25 +20,21 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import InvertibleTransform, MapTransform, RandomizableTransform
 from monai.utils import TransformBackends
-from monai.utils.enums import TraceKeys
 
 from regnet import ops
 from regnet.transforms._common import (
     PADDING_MODES,
     SAMPLING_MODES,
     check_choice,
-    check_field,
     check_image,
     check_key,
     check_number,
     check_steps,
     device_of,
-    invert_ddf,
     like,
     per_key,
-    plain,
     spatial_shape,
-    traced,
+    warp_back,
     where,
 )
 from regnet.transforms.fields import warp_image
@@ -236,26 +232,4 @@ class RandSVFDeformd(RandomizableTransform, MapTransform, InvertibleTransform):
         return d
 
     def inverse(self, data: Mapping) -> dict:
-        fn = type(self).__name__
-        d = dict(data)
-        inverse = None
-        for key in self.key_iterator(d):
-            xform = self.pop_transform(traced(where(f"{fn}.inverse", key), d[key]))
-            if not xform[TraceKeys.DO_TRANSFORM]:
-                continue
-            info = xform[TraceKeys.EXTRA_INFO]
-            if inverse is None:
-                if self.inverse_ddf_key is not None and self.inverse_ddf_key in d:
-                    inverse = d[self.inverse_ddf_key]
-                elif self.ddf_key in d:
-                    u = check_field(where(fn, self.ddf_key), d[self.ddf_key], spatial_shape(d[key]))
-                    dev = device_of(self.device, d[key].device)
-                    with torch.no_grad():
-                        inverse = invert_ddf(plain(u).to(dev, torch.float32)[None])[0]
-                else:
-                    raise KeyError(f"{fn}.inverse: needs the field under {self.ddf_key!r}"
-                                   + (f" or {self.inverse_ddf_key!r}" if self.inverse_ddf_key is not None else "")
-                                   + f"; present keys: {list(d)}")
-            d[key] = warp_image(d[key], inverse, info["mode"], info["padding_mode"], self.device,
-                                name=where(f"{fn}.inverse", key), ddf_name=f"{fn}.inverse: inverse field")
-        return d
+        return warp_back(self, dict(data), warp_image, skip_not_applied=True)

@@ -42,12 +42,15 @@ from regnet.ops._checks import MODE_CODE, PADDING_CODE
 from regnet.ops._triton.sampling import (
     SOURCE_DDF,
     _SIZE_ARGS,
+    _bilinear_corners,
+    _bilinear_point_grad,
     _check_int32,
     _compute_dtype,
-    _linear_axis,
-    _nearest_axis,
+    _nearest_offset,
     _padded_point,
     _sizes,
+    _trilinear_corners,
+    _trilinear_point_grad,
 )
 
 BLOCK = 256
@@ -70,29 +73,13 @@ def _step_forward_kernel(
     u2_b = u2_ptr + b * NDIM * n + offs
     out_b = out_ptr + b * NDIM * n + offs
     if MODE == 1:  # nearest
-        i0, v0 = _nearest_axis(p0, S0)
-        i1, v1 = _nearest_axis(p1, S1)
-        off = i0 * S1 + i1
-        valid = lane & v0 & v1
-        if NDIM == 3:
-            i2, v2 = _nearest_axis(p2, S2)
-            off = off * S2 + i2
-            valid = valid & v2
+        off, valid = _nearest_offset(p0, p1, p2, S0, S1, S2, lane, NDIM)
         for c in tl.static_range(NDIM):
             val = tl.load(u1_b + c * n + off, mask=valid, other=0.0).to(CDT) * scale
             own = tl.load(u2_b + c * n, mask=lane, other=0.0).to(CDT) * scale
             tl.store(out_b + c * n, (own + val).to(out_dtype), mask=lane)
     elif NDIM == 2:
-        a0, a1, wa0, wa1, va0, va1 = _linear_axis(p0, S0)
-        c0, c1, wc0, wc1, vc0, vc1 = _linear_axis(p1, S1)
-        o00 = a0 * S1 + c0
-        o01 = a0 * S1 + c1
-        o10 = a1 * S1 + c0
-        o11 = a1 * S1 + c1
-        q00 = lane & va0 & vc0
-        q01 = lane & va0 & vc1
-        q10 = lane & va1 & vc0
-        q11 = lane & va1 & vc1
+        o00, o01, o10, o11, q00, q01, q10, q11, wa0, wa1, wc0, wc1 = _bilinear_corners(p0, p1, S0, S1, lane)
         w00 = wc0 * wa0
         w01 = wc1 * wa0
         w10 = wc0 * wa1
@@ -106,31 +93,18 @@ def _step_forward_kernel(
             own = tl.load(u2_b + c * n, mask=lane, other=0.0).to(CDT) * scale
             tl.store(out_b + c * n, (own + acc).to(out_dtype), mask=lane)
     else:
-        a0, a1, wa0, wa1, va0, va1 = _linear_axis(p0, S0)
-        b0, b1, wb0, wb1, vb0, vb1 = _linear_axis(p1, S1)
-        c0, c1, wc0, wc1, vc0, vc1 = _linear_axis(p2, S2)
-        r00 = (a0 * S1 + b0) * S2
-        r01 = (a0 * S1 + b1) * S2
-        r10 = (a1 * S1 + b0) * S2
-        r11 = (a1 * S1 + b1) * S2
-        q00 = lane & va0 & vb0
-        q01 = lane & va0 & vb1
-        q10 = lane & va1 & vb0
-        q11 = lane & va1 & vb1
-        w00 = wc0 * wb0
-        w01 = wc1 * wb0
-        w10 = wc0 * wb1
-        w11 = wc1 * wb1
+        (r00, r01, r10, r11, c0, c1, q000, q001, q010, q011, q100, q101, q110, q111,
+         wa0, wa1, wb0, wb1, wc0, wc1) = _trilinear_corners(p0, p1, p2, S0, S1, S2, lane)
         for c in tl.static_range(3):
             base = u1_b + c * n
-            acc = tl.load(base + r00 + c0, mask=q00 & vc0, other=0.0).to(CDT) * scale * (w00 * wa0)
-            acc += tl.load(base + r00 + c1, mask=q00 & vc1, other=0.0).to(CDT) * scale * (w01 * wa0)
-            acc += tl.load(base + r01 + c0, mask=q01 & vc0, other=0.0).to(CDT) * scale * (w10 * wa0)
-            acc += tl.load(base + r01 + c1, mask=q01 & vc1, other=0.0).to(CDT) * scale * (w11 * wa0)
-            acc += tl.load(base + r10 + c0, mask=q10 & vc0, other=0.0).to(CDT) * scale * (w00 * wa1)
-            acc += tl.load(base + r10 + c1, mask=q10 & vc1, other=0.0).to(CDT) * scale * (w01 * wa1)
-            acc += tl.load(base + r11 + c0, mask=q11 & vc0, other=0.0).to(CDT) * scale * (w10 * wa1)
-            acc += tl.load(base + r11 + c1, mask=q11 & vc1, other=0.0).to(CDT) * scale * (w11 * wa1)
+            acc = tl.load(base + r00 + c0, mask=q000, other=0.0).to(CDT) * scale * (wc0 * wb0 * wa0)
+            acc += tl.load(base + r00 + c1, mask=q001, other=0.0).to(CDT) * scale * (wc1 * wb0 * wa0)
+            acc += tl.load(base + r01 + c0, mask=q010, other=0.0).to(CDT) * scale * (wc0 * wb1 * wa0)
+            acc += tl.load(base + r01 + c1, mask=q011, other=0.0).to(CDT) * scale * (wc1 * wb1 * wa0)
+            acc += tl.load(base + r10 + c0, mask=q100, other=0.0).to(CDT) * scale * (wc0 * wb0 * wa1)
+            acc += tl.load(base + r10 + c1, mask=q101, other=0.0).to(CDT) * scale * (wc1 * wb0 * wa1)
+            acc += tl.load(base + r11 + c0, mask=q110, other=0.0).to(CDT) * scale * (wc0 * wb1 * wa1)
+            acc += tl.load(base + r11 + c1, mask=q111, other=0.0).to(CDT) * scale * (wc1 * wb1 * wa1)
             own = tl.load(u2_b + c * n, mask=lane, other=0.0).to(CDT) * scale
             tl.store(out_b + c * n, (own + acc).to(out_dtype), mask=lane)
 
@@ -170,14 +144,7 @@ def _step_backward_kernel(
     g2_b = g2_ptr + b * NDIM * n + offs
     if MODE == 1:  # nearest: the sample point has zero gradient
         if NEED_1:
-            i0, v0 = _nearest_axis(p0, S0)
-            i1, v1 = _nearest_axis(p1, S1)
-            off = i0 * S1 + i1
-            valid = lane & v0 & v1
-            if NDIM == 3:
-                i2, v2 = _nearest_axis(p2, S2)
-                off = off * S2 + i2
-                valid = valid & v2
+            off, valid = _nearest_offset(p0, p1, p2, S0, S1, S2, lane, NDIM)
             for c in tl.static_range(NDIM):
                 go = tl.load(gout_b + c * n, mask=lane, other=0.0).to(CDT)
                 tl.atomic_add(g1_b + c * n + off, go, mask=valid)
@@ -185,16 +152,7 @@ def _step_backward_kernel(
             zero = tl.zeros([BLOCK], CDT)
             _emit_displacement_grad(gout_b, g2_b, n, lane, zero, zero, zero, NDIM, G2_ATOMIC)
     elif NDIM == 2:
-        a0, a1, wa0, wa1, va0, va1 = _linear_axis(p0, S0)
-        c0, c1, wc0, wc1, vc0, vc1 = _linear_axis(p1, S1)
-        o00 = a0 * S1 + c0
-        o01 = a0 * S1 + c1
-        o10 = a1 * S1 + c0
-        o11 = a1 * S1 + c1
-        q00 = lane & va0 & vc0
-        q01 = lane & va0 & vc1
-        q10 = lane & va1 & vc0
-        q11 = lane & va1 & vc1
+        o00, o01, o10, o11, q00, q01, q10, q11, wa0, wa1, wc0, wc1 = _bilinear_corners(p0, p1, S0, S1, lane)
         s00 = tl.zeros([BLOCK], CDT)
         s01 = tl.zeros([BLOCK], CDT)
         s10 = tl.zeros([BLOCK], CDT)
@@ -214,25 +172,13 @@ def _step_backward_kernel(
                 s10 += go * tl.load(base + o10, mask=q10, other=0.0).to(CDT)
                 s11 += go * tl.load(base + o11, mask=q11, other=0.0).to(CDT)
         if NEED_2:
-            gp1 = (wa0 * (s01 - s00) + wa1 * (s11 - s10)) * (m1 * g1) * scale
-            gp0 = (wc0 * (s10 - s00) + wc1 * (s11 - s01)) * (m0 * g0) * scale
+            d0, d1 = _bilinear_point_grad(s00, s01, s10, s11, wa0, wa1, wc0, wc1)
+            gp1 = d1 * (m1 * g1) * scale
+            gp0 = d0 * (m0 * g0) * scale
             _emit_displacement_grad(gout_b, g2_b, n, lane, gp0, gp1, gp1, NDIM, G2_ATOMIC)
     else:
-        a0, a1, wa0, wa1, va0, va1 = _linear_axis(p0, S0)
-        b0, b1, wb0, wb1, vb0, vb1 = _linear_axis(p1, S1)
-        c0, c1, wc0, wc1, vc0, vc1 = _linear_axis(p2, S2)
-        r00 = (a0 * S1 + b0) * S2
-        r01 = (a0 * S1 + b1) * S2
-        r10 = (a1 * S1 + b0) * S2
-        r11 = (a1 * S1 + b1) * S2
-        q000 = lane & va0 & vb0 & vc0
-        q001 = lane & va0 & vb0 & vc1
-        q010 = lane & va0 & vb1 & vc0
-        q011 = lane & va0 & vb1 & vc1
-        q100 = lane & va1 & vb0 & vc0
-        q101 = lane & va1 & vb0 & vc1
-        q110 = lane & va1 & vb1 & vc0
-        q111 = lane & va1 & vb1 & vc1
+        (r00, r01, r10, r11, c0, c1, q000, q001, q010, q011, q100, q101, q110, q111,
+         wa0, wa1, wb0, wb1, wc0, wc1) = _trilinear_corners(p0, p1, p2, S0, S1, S2, lane)
         s000 = tl.zeros([BLOCK], CDT)
         s001 = tl.zeros([BLOCK], CDT)
         s010 = tl.zeros([BLOCK], CDT)
@@ -264,12 +210,11 @@ def _step_backward_kernel(
                 s110 += go * tl.load(base + r11 + c0, mask=q110, other=0.0).to(CDT)
                 s111 += go * tl.load(base + r11 + c1, mask=q111, other=0.0).to(CDT)
         if NEED_2:
-            gp2 = (wa0 * (wb0 * (s001 - s000) + wb1 * (s011 - s010))
-                   + wa1 * (wb0 * (s101 - s100) + wb1 * (s111 - s110))) * (m2 * g2) * scale
-            gp1 = (wa0 * (wc0 * (s010 - s000) + wc1 * (s011 - s001))
-                   + wa1 * (wc0 * (s110 - s100) + wc1 * (s111 - s101))) * (m1 * g1) * scale
-            gp0 = (wb0 * (wc0 * (s100 - s000) + wc1 * (s101 - s001))
-                   + wb1 * (wc0 * (s110 - s010) + wc1 * (s111 - s011))) * (m0 * g0) * scale
+            d0, d1, d2 = _trilinear_point_grad(s000, s001, s010, s011, s100, s101, s110, s111,
+                                               wa0, wa1, wb0, wb1, wc0, wc1)
+            gp2 = d2 * (m2 * g2) * scale
+            gp1 = d1 * (m1 * g1) * scale
+            gp0 = d0 * (m0 * g0) * scale
             _emit_displacement_grad(gout_b, g2_b, n, lane, gp0, gp1, gp2, NDIM, G2_ATOMIC)
 
 

@@ -68,18 +68,26 @@ def _boundary_index(q, n, MODE: tl.constexpr):
     return i, valid
 
 
+@triton.jit
+def _lanes(N, INNER, total, BLOCK: tl.constexpr):
+    """This program's flat offsets into an ``(outer, N, inner)`` view, their mask, and the
+    offsets split into ``(o, i, s)``."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    lane = offs < total
+    s = offs % INNER
+    rest = offs // INNER
+    i = rest % N
+    o = rest // N
+    return offs, lane, o, i, s
+
+
 @triton.jit(do_not_specialize=_ARGS)
 def _correlate_kernel(
     y_ptr, x_ptr, k_ptr, N_IN, N_OUT, INNER, TAPS, SHIFT, total,
     MODE: tl.constexpr, CDT: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """``y[o, i, s] = sum_j k[j] x[o, boundary(i + j - SHIFT), s]`` for ``i < N_OUT``."""
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    lane = offs < total
-    s = offs % INNER
-    rest = offs // INNER
-    i = rest % N_OUT
-    o = rest // N_OUT
+    offs, lane, o, i, s = _lanes(N_OUT, INNER, total, BLOCK)
     x_b = x_ptr + o * N_IN * INNER + s
     acc = tl.zeros([BLOCK], CDT)
     for j in range(0, TAPS):
@@ -95,12 +103,7 @@ def _fold_kernel(
     MODE: tl.constexpr, CDT: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """``g[o, m, s] = sum_{q in [-R, N + R), boundary(q) = m} h[o, q + R, s]``."""
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    lane = offs < total
-    s = offs % INNER
-    rest = offs // INNER
-    m = rest % N
-    o = rest // N
+    offs, lane, o, m, s = _lanes(N, INNER, total, BLOCK)
     h_b = h_ptr + o * (N + 2 * R) * INNER + s
     acc = tl.load(h_b + (m + R) * INNER, mask=lane, other=0.0).to(CDT)  # q = m
     if MODE == 1:  # nearest: the runs beyond each end fold onto the end voxels

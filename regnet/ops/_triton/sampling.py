@@ -241,6 +241,83 @@ def _nearest_axis(p, size):
     return tl.minimum(tl.maximum(r, 0.0), hi).to(tl.int32), valid
 
 
+@triton.jit
+def _nearest_offset(p0, p1, p2, S0, S1, S2, lane, NDIM: tl.constexpr):
+    """Flat offset of the nearest input voxel and its mask (``lane`` and in bounds)."""
+    i0, v0 = _nearest_axis(p0, S0)
+    i1, v1 = _nearest_axis(p1, S1)
+    off = i0 * S1 + i1
+    valid = lane & v0 & v1
+    if NDIM == 3:
+        i2, v2 = _nearest_axis(p2, S2)
+        off = off * S2 + i2
+        valid = valid & v2
+    return off, valid
+
+
+@triton.jit
+def _bilinear_corners(p0, p1, S0, S1, lane):
+    """The four corners of a 2D sample point: flat offsets ``o<ij>`` and masks ``q<ij>``
+    (``lane`` and in bounds) of corner ``(a_i, c_j)``, and the weights ``wa`` along axis 0
+    and ``wc`` along axis 1 (corner ``(i, j)`` weighs ``wc_j * wa_i``)."""
+    a0, a1, wa0, wa1, va0, va1 = _linear_axis(p0, S0)
+    c0, c1, wc0, wc1, vc0, vc1 = _linear_axis(p1, S1)
+    o00 = a0 * S1 + c0
+    o01 = a0 * S1 + c1
+    o10 = a1 * S1 + c0
+    o11 = a1 * S1 + c1
+    q00 = lane & va0 & vc0
+    q01 = lane & va0 & vc1
+    q10 = lane & va1 & vc0
+    q11 = lane & va1 & vc1
+    return o00, o01, o10, o11, q00, q01, q10, q11, wa0, wa1, wc0, wc1
+
+
+@triton.jit
+def _trilinear_corners(p0, p1, p2, S0, S1, S2, lane):
+    """The eight corners of a 3D sample point: row offsets ``r<ij>`` of ``(a_i, b_j)`` (corner
+    ``(a_i, b_j, c_k)`` is at ``r<ij> + c<k>``), masks ``q<ijk>`` (``lane`` and in bounds), and
+    the weights ``wa``, ``wb``, ``wc`` along axes 0, 1, 2 (corner weight ``wc_k * wb_j * wa_i``)."""
+    a0, a1, wa0, wa1, va0, va1 = _linear_axis(p0, S0)
+    b0, b1, wb0, wb1, vb0, vb1 = _linear_axis(p1, S1)
+    c0, c1, wc0, wc1, vc0, vc1 = _linear_axis(p2, S2)
+    r00 = (a0 * S1 + b0) * S2
+    r01 = (a0 * S1 + b1) * S2
+    r10 = (a1 * S1 + b0) * S2
+    r11 = (a1 * S1 + b1) * S2
+    q000 = lane & va0 & vb0 & vc0
+    q001 = lane & va0 & vb0 & vc1
+    q010 = lane & va0 & vb1 & vc0
+    q011 = lane & va0 & vb1 & vc1
+    q100 = lane & va1 & vb0 & vc0
+    q101 = lane & va1 & vb0 & vc1
+    q110 = lane & va1 & vb1 & vc0
+    q111 = lane & va1 & vb1 & vc1
+    return (r00, r01, r10, r11, c0, c1, q000, q001, q010, q011, q100, q101, q110, q111,
+            wa0, wa1, wb0, wb1, wc0, wc1)
+
+
+@triton.jit
+def _bilinear_point_grad(s00, s01, s10, s11, wa0, wa1, wc0, wc1):
+    """d(sample)/d(point) along axes 0 and 1 from the corner sums ``s<ij>`` (the values at the
+    corners, or their sums weighted by the output gradient over channels)."""
+    d1 = wa0 * (s01 - s00) + wa1 * (s11 - s10)
+    d0 = wc0 * (s10 - s00) + wc1 * (s11 - s01)
+    return d0, d1
+
+
+@triton.jit
+def _trilinear_point_grad(s000, s001, s010, s011, s100, s101, s110, s111, wa0, wa1, wb0, wb1, wc0, wc1):
+    """d(sample)/d(point) along axes 0, 1 and 2 from the corner sums ``s<ijk>``."""
+    d2 = (wa0 * (wb0 * (s001 - s000) + wb1 * (s011 - s010))
+          + wa1 * (wb0 * (s101 - s100) + wb1 * (s111 - s110)))
+    d1 = (wa0 * (wc0 * (s010 - s000) + wc1 * (s011 - s001))
+          + wa1 * (wc0 * (s110 - s100) + wc1 * (s111 - s101)))
+    d0 = (wb0 * (wc0 * (s100 - s000) + wc1 * (s101 - s001))
+          + wb1 * (wc0 * (s110 - s010) + wc1 * (s111 - s011)))
+    return d0, d1, d2
+
+
 # --- kernels --------------------------------------------------------------------------------
 
 @triton.jit(do_not_specialize=_SIZE_ARGS)
@@ -257,28 +334,12 @@ def _sample_forward_kernel(
     img_b = img_ptr + b * C * n_in
     out_b = out_ptr + b * C * n_out + offs
     if MODE == 1:  # nearest
-        i0, v0 = _nearest_axis(p0, S0)
-        i1, v1 = _nearest_axis(p1, S1)
-        off = i0 * S1 + i1
-        valid = lane & v0 & v1
-        if NDIM == 3:
-            i2, v2 = _nearest_axis(p2, S2)
-            off = off * S2 + i2
-            valid = valid & v2
+        off, valid = _nearest_offset(p0, p1, p2, S0, S1, S2, lane, NDIM)
         for c in range(C):
             val = tl.load(img_b + c * n_in + off, mask=valid, other=0.0)
             tl.store(out_b + c * n_out, val.to(out_dtype), mask=lane)
     elif NDIM == 2:
-        a0, a1, wa0, wa1, va0, va1 = _linear_axis(p0, S0)
-        c0, c1, wc0, wc1, vc0, vc1 = _linear_axis(p1, S1)
-        o00 = a0 * S1 + c0
-        o01 = a0 * S1 + c1
-        o10 = a1 * S1 + c0
-        o11 = a1 * S1 + c1
-        q00 = lane & va0 & vc0
-        q01 = lane & va0 & vc1
-        q10 = lane & va1 & vc0
-        q11 = lane & va1 & vc1
+        o00, o01, o10, o11, q00, q01, q10, q11, wa0, wa1, wc0, wc1 = _bilinear_corners(p0, p1, S0, S1, lane)
         w00 = wc0 * wa0
         w01 = wc1 * wa0
         w10 = wc0 * wa1
@@ -291,31 +352,18 @@ def _sample_forward_kernel(
             acc += tl.load(base + o11, mask=q11, other=0.0).to(CDT) * w11
             tl.store(out_b + c * n_out, acc.to(out_dtype), mask=lane)
     else:
-        a0, a1, wa0, wa1, va0, va1 = _linear_axis(p0, S0)
-        b0, b1, wb0, wb1, vb0, vb1 = _linear_axis(p1, S1)
-        c0, c1, wc0, wc1, vc0, vc1 = _linear_axis(p2, S2)
-        r00 = (a0 * S1 + b0) * S2
-        r01 = (a0 * S1 + b1) * S2
-        r10 = (a1 * S1 + b0) * S2
-        r11 = (a1 * S1 + b1) * S2
-        q00 = lane & va0 & vb0
-        q01 = lane & va0 & vb1
-        q10 = lane & va1 & vb0
-        q11 = lane & va1 & vb1
-        w00 = wc0 * wb0
-        w01 = wc1 * wb0
-        w10 = wc0 * wb1
-        w11 = wc1 * wb1
+        (r00, r01, r10, r11, c0, c1, q000, q001, q010, q011, q100, q101, q110, q111,
+         wa0, wa1, wb0, wb1, wc0, wc1) = _trilinear_corners(p0, p1, p2, S0, S1, S2, lane)
         for c in range(C):
             base = img_b + c * n_in
-            acc = tl.load(base + r00 + c0, mask=q00 & vc0, other=0.0).to(CDT) * (w00 * wa0)
-            acc += tl.load(base + r00 + c1, mask=q00 & vc1, other=0.0).to(CDT) * (w01 * wa0)
-            acc += tl.load(base + r01 + c0, mask=q01 & vc0, other=0.0).to(CDT) * (w10 * wa0)
-            acc += tl.load(base + r01 + c1, mask=q01 & vc1, other=0.0).to(CDT) * (w11 * wa0)
-            acc += tl.load(base + r10 + c0, mask=q10 & vc0, other=0.0).to(CDT) * (w00 * wa1)
-            acc += tl.load(base + r10 + c1, mask=q10 & vc1, other=0.0).to(CDT) * (w01 * wa1)
-            acc += tl.load(base + r11 + c0, mask=q11 & vc0, other=0.0).to(CDT) * (w10 * wa1)
-            acc += tl.load(base + r11 + c1, mask=q11 & vc1, other=0.0).to(CDT) * (w11 * wa1)
+            acc = tl.load(base + r00 + c0, mask=q000, other=0.0).to(CDT) * (wc0 * wb0 * wa0)
+            acc += tl.load(base + r00 + c1, mask=q001, other=0.0).to(CDT) * (wc1 * wb0 * wa0)
+            acc += tl.load(base + r01 + c0, mask=q010, other=0.0).to(CDT) * (wc0 * wb1 * wa0)
+            acc += tl.load(base + r01 + c1, mask=q011, other=0.0).to(CDT) * (wc1 * wb1 * wa0)
+            acc += tl.load(base + r10 + c0, mask=q100, other=0.0).to(CDT) * (wc0 * wb0 * wa1)
+            acc += tl.load(base + r10 + c1, mask=q101, other=0.0).to(CDT) * (wc1 * wb0 * wa1)
+            acc += tl.load(base + r11 + c0, mask=q110, other=0.0).to(CDT) * (wc0 * wb1 * wa1)
+            acc += tl.load(base + r11 + c1, mask=q111, other=0.0).to(CDT) * (wc1 * wb1 * wa1)
             tl.store(out_b + c * n_out, acc.to(out_dtype), mask=lane)
 
 
@@ -399,28 +447,12 @@ def _sample_backward_kernel(
     gout_b = gout_ptr + b * C * n_out + offs
     if MODE == 1:  # nearest: the sample point has zero gradient; only the image gets one
         if NEED_IMAGE:
-            i0, v0 = _nearest_axis(p0, S0)
-            i1, v1 = _nearest_axis(p1, S1)
-            off = i0 * S1 + i1
-            valid = lane & v0 & v1
-            if NDIM == 3:
-                i2, v2 = _nearest_axis(p2, S2)
-                off = off * S2 + i2
-                valid = valid & v2
+            off, valid = _nearest_offset(p0, p1, p2, S0, S1, S2, lane, NDIM)
             for c in range(C):
                 go = tl.load(gout_b + c * n_out, mask=lane, other=0.0).to(CDT)
                 tl.atomic_add(gimg_b + c * n_in + off, go, mask=valid)
     elif NDIM == 2:
-        a0, a1, wa0, wa1, va0, va1 = _linear_axis(p0, S0)
-        c0, c1, wc0, wc1, vc0, vc1 = _linear_axis(p1, S1)
-        o00 = a0 * S1 + c0
-        o01 = a0 * S1 + c1
-        o10 = a1 * S1 + c0
-        o11 = a1 * S1 + c1
-        q00 = lane & va0 & vc0
-        q01 = lane & va0 & vc1
-        q10 = lane & va1 & vc0
-        q11 = lane & va1 & vc1
+        o00, o01, o10, o11, q00, q01, q10, q11, wa0, wa1, wc0, wc1 = _bilinear_corners(p0, p1, S0, S1, lane)
         # s_corner = sum over channels of grad_out * image value at the corner
         s00 = tl.zeros([BLOCK], CDT)
         s01 = tl.zeros([BLOCK], CDT)
@@ -441,25 +473,13 @@ def _sample_backward_kernel(
                 s10 += go * tl.load(base + o10, mask=q10, other=0.0).to(CDT)
                 s11 += go * tl.load(base + o11, mask=q11, other=0.0).to(CDT)
         if NEED_SOURCE:
-            gp1 = (wa0 * (s01 - s00) + wa1 * (s11 - s10)) * (m1 * g1)
-            gp0 = (wc0 * (s10 - s00) + wc1 * (s11 - s01)) * (m0 * g0)
+            d0, d1 = _bilinear_point_grad(s00, s01, s10, s11, wa0, wa1, wc0, wc1)
+            gp1 = d1 * (m1 * g1)
+            gp0 = d0 * (m0 * g0)
             _emit_point_grad(gsrc_ptr, b, offs, lane, gp0, gp1, gp1, x, y, z, O0, O1, O2, NDIM, SOURCE, DET)
     else:
-        a0, a1, wa0, wa1, va0, va1 = _linear_axis(p0, S0)
-        b0, b1, wb0, wb1, vb0, vb1 = _linear_axis(p1, S1)
-        c0, c1, wc0, wc1, vc0, vc1 = _linear_axis(p2, S2)
-        r00 = (a0 * S1 + b0) * S2
-        r01 = (a0 * S1 + b1) * S2
-        r10 = (a1 * S1 + b0) * S2
-        r11 = (a1 * S1 + b1) * S2
-        q000 = lane & va0 & vb0 & vc0
-        q001 = lane & va0 & vb0 & vc1
-        q010 = lane & va0 & vb1 & vc0
-        q011 = lane & va0 & vb1 & vc1
-        q100 = lane & va1 & vb0 & vc0
-        q101 = lane & va1 & vb0 & vc1
-        q110 = lane & va1 & vb1 & vc0
-        q111 = lane & va1 & vb1 & vc1
+        (r00, r01, r10, r11, c0, c1, q000, q001, q010, q011, q100, q101, q110, q111,
+         wa0, wa1, wb0, wb1, wc0, wc1) = _trilinear_corners(p0, p1, p2, S0, S1, S2, lane)
         s000 = tl.zeros([BLOCK], CDT)
         s001 = tl.zeros([BLOCK], CDT)
         s010 = tl.zeros([BLOCK], CDT)
@@ -491,12 +511,11 @@ def _sample_backward_kernel(
                 s110 += go * tl.load(base + r11 + c0, mask=q110, other=0.0).to(CDT)
                 s111 += go * tl.load(base + r11 + c1, mask=q111, other=0.0).to(CDT)
         if NEED_SOURCE:
-            gp2 = (wa0 * (wb0 * (s001 - s000) + wb1 * (s011 - s010))
-                   + wa1 * (wb0 * (s101 - s100) + wb1 * (s111 - s110))) * (m2 * g2)
-            gp1 = (wa0 * (wc0 * (s010 - s000) + wc1 * (s011 - s001))
-                   + wa1 * (wc0 * (s110 - s100) + wc1 * (s111 - s101))) * (m1 * g1)
-            gp0 = (wb0 * (wc0 * (s100 - s000) + wc1 * (s101 - s001))
-                   + wb1 * (wc0 * (s110 - s010) + wc1 * (s111 - s011))) * (m0 * g0)
+            d0, d1, d2 = _trilinear_point_grad(s000, s001, s010, s011, s100, s101, s110, s111,
+                                               wa0, wa1, wb0, wb1, wc0, wc1)
+            gp2 = d2 * (m2 * g2)
+            gp1 = d1 * (m1 * g1)
+            gp0 = d0 * (m0 * g0)
             _emit_point_grad(gsrc_ptr, b, offs, lane, gp0, gp1, gp2, x, y, z, O0, O1, O2, NDIM, SOURCE, DET)
 
 

@@ -34,7 +34,14 @@ import triton
 import triton.language as tl
 
 from regnet.ops._checks import MODE_CODE, PADDING_CODE
-from regnet.ops._triton.sampling import _SIZE_ARGS, _linear_axis, _nearest_axis, _padded_point, _sizes
+from regnet.ops._triton.sampling import (
+    _SIZE_ARGS,
+    _bilinear_corners,
+    _nearest_offset,
+    _padded_point,
+    _sizes,
+    _trilinear_corners,
+)
 
 BLOCK = 256
 NUM_WARPS = 4
@@ -63,42 +70,25 @@ def _plan_kernel(
     j = (b * n_out + offs) * K
     base = b * n_in
     if MODE == 1:
-        i0, v0 = _nearest_axis(p0, S0)
-        i1, v1 = _nearest_axis(p1, S1)
-        off = i0 * S1 + i1
-        valid = lane & v0 & v1
-        if NDIM == 3:
-            i2, v2 = _nearest_axis(p2, S2)
-            off = off * S2 + i2
-            valid = valid & v2
+        off, valid = _nearest_offset(p0, p1, p2, S0, S1, S2, lane, NDIM)
         _put_corner(key_ptr, w_ptr, j, base + off, valid, tl.zeros_like(p0) + 1, sentinel, lane)
     elif NDIM == 2:
-        a0, a1, wa0, wa1, va0, va1 = _linear_axis(p0, S0)
-        c0, c1, wc0, wc1, vc0, vc1 = _linear_axis(p1, S1)
-        _put_corner(key_ptr, w_ptr, j + 0, base + a0 * S1 + c0, lane & va0 & vc0, wc0 * wa0, sentinel, lane)
-        _put_corner(key_ptr, w_ptr, j + 1, base + a0 * S1 + c1, lane & va0 & vc1, wc1 * wa0, sentinel, lane)
-        _put_corner(key_ptr, w_ptr, j + 2, base + a1 * S1 + c0, lane & va1 & vc0, wc0 * wa1, sentinel, lane)
-        _put_corner(key_ptr, w_ptr, j + 3, base + a1 * S1 + c1, lane & va1 & vc1, wc1 * wa1, sentinel, lane)
+        o00, o01, o10, o11, q00, q01, q10, q11, wa0, wa1, wc0, wc1 = _bilinear_corners(p0, p1, S0, S1, lane)
+        _put_corner(key_ptr, w_ptr, j + 0, base + o00, q00, wc0 * wa0, sentinel, lane)
+        _put_corner(key_ptr, w_ptr, j + 1, base + o01, q01, wc1 * wa0, sentinel, lane)
+        _put_corner(key_ptr, w_ptr, j + 2, base + o10, q10, wc0 * wa1, sentinel, lane)
+        _put_corner(key_ptr, w_ptr, j + 3, base + o11, q11, wc1 * wa1, sentinel, lane)
     else:
-        a0, a1, wa0, wa1, va0, va1 = _linear_axis(p0, S0)
-        b0, b1, wb0, wb1, vb0, vb1 = _linear_axis(p1, S1)
-        c0, c1, wc0, wc1, vc0, vc1 = _linear_axis(p2, S2)
-        r00 = base + (a0 * S1 + b0) * S2
-        r01 = base + (a0 * S1 + b1) * S2
-        r10 = base + (a1 * S1 + b0) * S2
-        r11 = base + (a1 * S1 + b1) * S2
-        q00 = lane & va0 & vb0
-        q01 = lane & va0 & vb1
-        q10 = lane & va1 & vb0
-        q11 = lane & va1 & vb1
-        _put_corner(key_ptr, w_ptr, j + 0, r00 + c0, q00 & vc0, wc0 * wb0 * wa0, sentinel, lane)
-        _put_corner(key_ptr, w_ptr, j + 1, r00 + c1, q00 & vc1, wc1 * wb0 * wa0, sentinel, lane)
-        _put_corner(key_ptr, w_ptr, j + 2, r01 + c0, q01 & vc0, wc0 * wb1 * wa0, sentinel, lane)
-        _put_corner(key_ptr, w_ptr, j + 3, r01 + c1, q01 & vc1, wc1 * wb1 * wa0, sentinel, lane)
-        _put_corner(key_ptr, w_ptr, j + 4, r10 + c0, q10 & vc0, wc0 * wb0 * wa1, sentinel, lane)
-        _put_corner(key_ptr, w_ptr, j + 5, r10 + c1, q10 & vc1, wc1 * wb0 * wa1, sentinel, lane)
-        _put_corner(key_ptr, w_ptr, j + 6, r11 + c0, q11 & vc0, wc0 * wb1 * wa1, sentinel, lane)
-        _put_corner(key_ptr, w_ptr, j + 7, r11 + c1, q11 & vc1, wc1 * wb1 * wa1, sentinel, lane)
+        (r00, r01, r10, r11, c0, c1, q000, q001, q010, q011, q100, q101, q110, q111,
+         wa0, wa1, wb0, wb1, wc0, wc1) = _trilinear_corners(p0, p1, p2, S0, S1, S2, lane)
+        _put_corner(key_ptr, w_ptr, j + 0, base + r00 + c0, q000, wc0 * wb0 * wa0, sentinel, lane)
+        _put_corner(key_ptr, w_ptr, j + 1, base + r00 + c1, q001, wc1 * wb0 * wa0, sentinel, lane)
+        _put_corner(key_ptr, w_ptr, j + 2, base + r01 + c0, q010, wc0 * wb1 * wa0, sentinel, lane)
+        _put_corner(key_ptr, w_ptr, j + 3, base + r01 + c1, q011, wc1 * wb1 * wa0, sentinel, lane)
+        _put_corner(key_ptr, w_ptr, j + 4, base + r10 + c0, q100, wc0 * wb0 * wa1, sentinel, lane)
+        _put_corner(key_ptr, w_ptr, j + 5, base + r10 + c1, q101, wc1 * wb0 * wa1, sentinel, lane)
+        _put_corner(key_ptr, w_ptr, j + 6, base + r11 + c0, q110, wc0 * wb1 * wa1, sentinel, lane)
+        _put_corner(key_ptr, w_ptr, j + 7, base + r11 + c1, q111, wc1 * wb1 * wa1, sentinel, lane)
 
 
 @triton.jit(do_not_specialize=["C", "n_in", "n_out", "total"])
