@@ -115,8 +115,16 @@ class SyNRegistration:
         half-way only, 2x coarser, (30, 20, 5)                                     0.9908  0.36 s
 
     (``sigma_flow=1`` instead of 1.5: Dice 0.914; ``learning_rate=0.5``: 0.835; ``time_steps=5``:
-    0.868.) The synthetic deformation is smooth; real inter-subject pairs need finer fields,
-    which the finest level (velocity at 2 voxels) still provides.
+    0.868.) The synthetic deformation is smooth; real pairs need finer fields: in 2D the
+    full-resolution level (velocity every 2 pixels) runs 5 iterations; in 3D the finest
+    velocity grid is every 4 voxels (ANTs' default SyN likewise stops at half resolution).
+
+    With these defaults, through ``regnet register --transform affine+syn`` (two threads):
+    the 3D case at full resolution (160 x 192 x 224) reaches Dice 0.941 and a displacement
+    error of 0.31 mm in 8.7 s (ANTsPy SyN: 0.921, 0.46 mm, 37.5 s); the five real
+    inter-subject pairs of ``brain2d`` reach global NCC 0.9887-0.9912 in 0.33-0.35 s (ANTsPy
+    SyN: 0.9838-0.9870 in 0.42-0.53 s). See ``scripts/bench_registration.py`` and
+    ``scripts/bench_pairs2d.py``.
     """
 
     def __init__(
