@@ -377,7 +377,7 @@ def copy_bandwidth(device: torch.device, mib: int | None = None, repeats: int = 
     dst = torch.empty_like(src)
     times = time_case({"copy": lambda: dst.copy_(src)}, repeats, 1, device)["copy"]
     median = statistics.median(times)
-    del src, dst
+    src = dst = None  # free before measuring anything else
     free_cuda(device)
     return {"copy_mib": mib, "copy_time_s": median, "copy_gbps": 2 * n * 4 / median / 1e9}
 

@@ -23,7 +23,6 @@ from triton_helpers import (  # noqa: E402
     INTERPRETER_WARNINGS,
     MODES,
     PADDINGS,
-    far,
     run_weighted,
     small_blocks_and_poisoned_buffers,
     triton_device,

@@ -15,7 +15,7 @@ import torch  # noqa: E402
 
 from regnet import ops  # noqa: E402
 from regnet.ops import _backend  # noqa: E402
-from triton_helpers import INTERPRETER_WARNINGS, MODES, small_blocks_and_poisoned_buffers, triton_device  # noqa: E402
+from triton_helpers import INTERPRETER_WARNINGS, small_blocks_and_poisoned_buffers, triton_device  # noqa: E402
 
 triton = pytest.importorskip("triton")
 from regnet.ops._triton import gaussian  # noqa: E402

@@ -136,7 +136,6 @@ def theta_to_ddf(theta: torch.Tensor, shape) -> torch.Tensor:
     for a moving image on the same grid. Differentiable w.r.t. ``theta``."""
     from regnet import ops
 
-    ndim = theta.shape[1]
     grid = ops.affine_grid(theta, (theta.shape[0], 1, *shape), align_corners=True)  # (B, *S, ndim) x,y,z
     sizes = torch.tensor(shape, dtype=theta.dtype, device=theta.device)
     # grid[..., k] runs along spatial axis ndim-1-k; normalised [-1, 1] -> voxel [0, n-1]

@@ -22,3 +22,28 @@ from regnet.ops._torch.sampling import (
 )
 
 NAME = "torch"
+
+__all__ = [
+    "affine_grid_backward",
+    "affine_grid_forward",
+    "affine_transform_backward",
+    "affine_transform_forward",
+    "compose_affine_backward",
+    "compose_affine_forward",
+    "compose_backward",
+    "compose_forward",
+    "exp_backward",
+    "exp_forward",
+    "gaussian_smooth_backward",
+    "gaussian_smooth_forward",
+    "grid_sample_backward",
+    "grid_sample_forward",
+    "jacobian_det_backward",
+    "jacobian_det_forward",
+    "joint_histogram_backward",
+    "joint_histogram_forward",
+    "local_ncc_backward",
+    "local_ncc_forward",
+    "warp_backward",
+    "warp_forward",
+]

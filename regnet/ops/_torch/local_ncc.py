@@ -21,9 +21,7 @@ filters five coefficient maps (the window filter is self-adjoint).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from regnet.ops._torch._filters import correlate
 
 def local_sum(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Separable windowed sum with zero padding of ``x`` ``(B, C, *spatial)``.
