@@ -82,17 +82,18 @@ class AffineRegistration:
     pays ~0.7 s of one-time imports inside ``torch.optim``, torchreg too)::
 
         torchreg, its defaults (identity start, lr 1e-2)     0.21-0.23 s CPU    NCC 0.9634  600 iterations
-        regnet, defaults                                      0.020-0.022 s CPU  NCC 0.9632  50 + 10 iterations
+        regnet, defaults                                      0.020-0.021 s CPU  NCC 0.9632  50 + 10 iterations
         regnet, check_every=5                                 0.015 s CPU        NCC 0.9628  25 + 6 iterations
         ANTsPy Affine (2 threads, measured elsewhere)         0.18-0.21 s wall   NCC 0.9631
 
-    So about 10.5x less CPU time than torchreg at equal NCC (4th decimal: regnet's pyramid
+    So about 11x less CPU time than torchreg at equal NCC (4th decimal: regnet's pyramid
     is anti-aliased, torchreg's is not), from needing ~10x fewer iterations at a similar
     cost per iteration: torchreg's unfused Adam step (~0.27 ms for four small tensors) is
     most of its iteration; regnet uses fused Adam (~0.1 ms), one autograd node for
     ``compose_affine`` + ``affine_transform`` that keeps its small sampling grid for the
     backward, builds that grid from per-axis parts instead of ATen's
-    ``affine_grid_generator``, and takes the ``theta`` gradient with a cached base grid.
+    ``affine_grid_generator``, takes the ``theta`` gradient with a cached base grid, and
+    computes the unmasked MSE with ATen's fused ``mse_loss`` (one autograd node).
     Finer levels start from a converged estimate and are judged on windows of
     ``check_every // 2`` iterations. More where host synchronisation is costly: torchreg
     reads ``loss.item()`` every iteration, regnet every ``check_every``.

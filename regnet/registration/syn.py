@@ -135,7 +135,7 @@ class SyNRegistration:
 
     With these defaults, through ``regnet register --transform affine+syn`` (two threads):
     the 3D case at full resolution (160 x 192 x 224) reaches Dice 0.939 and a displacement
-    error of 0.36 mm in 12.3 s (ANTsPy SyN: 0.917, 0.49 mm, 32.2 s); the real pair subject_a ->
+    error of 0.36 mm in 11.3 s (ANTsPy SyN: 0.918, 0.48 mm, 31.8 s); the real pair subject_a ->
     MNI152 white / cortical grey matter Dice 0.818 / 0.658 in 14.8 s (ANTsPy SyN: 0.785 /
     0.636, 44.9 s); the five real inter-subject pairs of ``brain2d`` global NCC 0.9887-0.9912
     in 0.33-0.35 s (ANTsPy SyN: 0.9838-0.9870 in 0.42-0.53 s). See
