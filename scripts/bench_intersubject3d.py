@@ -28,7 +28,6 @@ template on intensities scaled to [0, 1]; folding of regnet's field. Writes JSON
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -144,12 +143,9 @@ def main(argv=None) -> int:
     report = {"benchmark": "bench_intersubject3d", "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
               "threads": args.threads, "loadavg": list(os.getloadavg()), "torch": torch.__version__,
               "subject_a_affine": affine.tolist(), "results": results}
-    out_path = Path(args.out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = out_path.with_suffix(".tmp")
-    tmp_path.write_text(json.dumps(report, indent=2))
-    tmp_path.replace(out_path)
-    print(f"\nwrote {out_path}")
+    import benchlib  # scripts/ is on sys.path when run as python scripts/NAME.py
+
+    benchlib.write_json(Path(args.out), report)
     return 0
 
 

@@ -22,7 +22,6 @@ similarity is the score, as in the issue's r16 -> r64 numbers.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -121,12 +120,9 @@ def main(argv=None) -> int:
         "fixed": FIXED,
         "pairs": rows,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(out)
-    print(f"\nwrote {out}")
+    import benchlib  # scripts/ is on sys.path when run as python scripts/NAME.py
+
+    benchlib.write_json(Path(args.out), report)
     return 0
 
 

@@ -402,8 +402,12 @@ def compile_or_none(fn, device: torch.device, enabled: bool, wrap=None):
 
 
 def write_json(path: Path, report: dict) -> None:
+    """Write ``report`` to ``path`` atomically (a temporary sibling, then a rename)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(path)
     print(f"\nwrote {path}")
 
 
