@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from regnet.losses._reduce import check_reduction, reduce
 from regnet.ops import _checks
+from regnet.ops._constants import constant
 
 
 def _check_ddf(fn: str, ddf) -> torch.Tensor:
@@ -61,7 +62,7 @@ def _component_scale(ddf: torch.Tensor, numerator: float) -> torch.Tensor:
     """``numerator / n_a`` for component ``a``, shaped ``(1, ndim, 1, ...)`` to broadcast over a DDF."""
     spatial = ddf.shape[2:]
     values = [numerator / n for n in spatial]
-    return torch.tensor(values, dtype=ddf.dtype, device=ddf.device).view(1, -1, *[1] * len(spatial))
+    return constant(values, ddf.dtype, ddf.device).view(1, -1, *[1] * len(spatial))
 
 
 def bending_energy(ddf: torch.Tensor, normalize: bool = False, reduction: str = "mean") -> torch.Tensor:
@@ -189,7 +190,7 @@ def linear_elasticity(ddf: torch.Tensor, mu: float = 2.0, lam: float = 1.0) -> t
     # stacked over b into channels: (B * nd_a, nd_b, *spatial), so the second pass is one padded op per c.
     first = torch.stack(first, dim=2).reshape(B * nd, nd, *spatial)
     # scale[a][b] * s_c = s_b * s_c / s_a
-    scale = torch.tensor([[s[b] / s[a] for b in range(nd)] for a in range(nd)], dtype=ddf.dtype, device=ddf.device)
+    scale = constant([s[b] / s[a] for a in range(nd) for b in range(nd)], ddf.dtype, ddf.device)
     scale = scale.view(1, nd, nd, *[1] * nd)
     total = None
     for c in range(nd):

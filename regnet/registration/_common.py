@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from regnet import ops
+from regnet.ops._constants import constant
 
 
 def check_pair(fn: str, moving, static) -> None:
@@ -67,14 +68,24 @@ def cpu_threads_for(x: torch.Tensor):
             torch.set_num_threads(threads)
 
 
-def make_optimizer(optimizer, params: list, lr: float):
+def make_optimizer(optimizer, params: list, lr: float, capturable: bool = False):
     """``optimizer(params, lr)``; torch's Adam and AdamW get ``fused=True`` (one kernel for
     all parameters instead of a Python loop: 2.7x less time per step on the CPU for the four
-    small affine parameters, where the step is a large part of an iteration)."""
+    small affine parameters, where the step is a large part of an iteration).
+
+    ``capturable``: the step will be captured in a CUDA graph (:mod:`._graph`): Adam / AdamW
+    get ``capturable=True`` (their step counts stay on the device); another class is tried
+    with ``capturable=True`` and without it if it does not take the argument."""
     if optimizer in (torch.optim.Adam, torch.optim.AdamW):
-        fusable = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
-        if fusable:
-            return optimizer(params, lr, fused=True)
+        options = {"capturable": True} if capturable else {}
+        if all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params):
+            options["fused"] = True
+        return optimizer(params, lr, **options)
+    if capturable:
+        try:
+            return optimizer(params, lr, capturable=True)
+        except TypeError:
+            pass
     return optimizer(params, lr)
 
 
@@ -92,7 +103,7 @@ def resize(x: torch.Tensor, shape: Sequence[int], align_corners: bool = True) ->
 
 def level_shape(shape: Sequence[int], scale: float) -> tuple[int, ...]:
     """Spatial shape of a pyramid level ``scale`` times coarser (at least 4 voxels per axis)."""
-    return tuple(max(4, int(round(s / scale))) for s in shape)
+    return tuple(max(4, round(s / scale)) for s in shape)
 
 
 def downsample(x: torch.Tensor, shape: Sequence[int], align_corners: bool = True) -> torch.Tensor:
@@ -112,9 +123,8 @@ def resize_field(u: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     old = u.shape[2:]
     if tuple(old) == tuple(shape):
         return u
-    scale = torch.tensor(
-        [(n - 1) / max(o - 1, 1) for o, n in zip(old, shape)], dtype=u.dtype, device=u.device
-    ).view(1, -1, *[1] * len(shape))
+    scale = constant([(n - 1) / max(o - 1, 1) for o, n in zip(old, shape)], u.dtype, u.device)
+    scale = scale.view(1, -1, *[1] * len(shape))
     return resize(u, shape) * scale
 
 

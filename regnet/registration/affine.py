@@ -25,6 +25,7 @@ from regnet.ops import _torch as _reference
 from regnet.ops._torch.sampling import separable_affine_grid
 from regnet.ops._backend import select
 from regnet.registration._common import LossLog, check_pair, cpu_threads_for, downsample, level_shape, make_optimizer
+from regnet.registration._graph import IterationRunner, graph_wanted
 
 INITS = ("com", "moments", None)
 INTERP_MODES = (None, "bilinear", "trilinear", "nearest")
@@ -146,6 +147,10 @@ class AffineRegistration:
             (every item of the batch); 0 runs every iteration.
         check_every: length of the window, and how often (iterations) the host reads the
             losses to test convergence.
+        cuda_graph: replay each level's iterations from a CUDA graph after three eager ones
+            (:mod:`regnet.registration._graph`): ``None`` (auto) on CUDA with torch's Adam /
+            AdamW and one of regnet's losses, ``True`` on CUDA whatever the loss (it must not
+            synchronise with the host), ``False`` never. Ignored off CUDA.
 
     Attributes (after a call):
         parameters: ``[translation, rotation, zoom, shear]`` as ``nn.Parameter`` s of batch
@@ -180,6 +185,7 @@ class AffineRegistration:
         init: str | None = "com",
         tolerance: float = 1e-2,
         check_every: int = 10,
+        cuda_graph: bool | None = None,
     ) -> None:
         fn = "AffineRegistration"
         self.scales = _check_scales(fn, scales)
@@ -225,6 +231,9 @@ class AffineRegistration:
         if not _is_count(check_every) or check_every < 1:
             raise ValueError(f"{fn}: check_every must be a positive int, got {check_every!r}")
         self.check_every = check_every
+        if cuda_graph is not None and not isinstance(cuda_graph, bool):
+            raise TypeError(f"{fn}: cuda_graph must be None (auto), True or False, got {cuda_graph!r}")
+        self.cuda_graph = cuda_graph
         self.reset()
 
     # --- state ---------------------------------------------------------------------------
@@ -317,19 +326,25 @@ class AffineRegistration:
         return loss_fn.combine(torch.stack(log.items)[:, index]).cpu().tolist()
 
     def _fit_level(self, moving, static, iterations, lr, trainable, loss_fn, log: LossLog, check: int) -> None:
-        optimizer = make_optimizer(self.optimizer, trainable, lr)
+        graph = graph_wanted(self.cuda_graph, static.device, self.optimizer, [self.dissimilarity_function])
+        optimizer = make_optimizer(self.optimizer, trainable, lr, capturable=graph)
         shape = tuple(static.shape[2:])
         # The inputs were checked once by __call__: call the two autograd Functions directly
         # (the public ops' argument checks cost as much as the sampling at 64 x 64).
         impls = (select("compose_affine", moving.device), select("affine_transform", moving.device))
         mode = "bilinear" if self.interp_mode in (None, "trilinear") else self.interp_mode
         options = (shape, mode, self.padding_mode, self.align_corners, impls)
-        for it in range(1, iterations + 1):
-            optimizer.zero_grad()
+
+        def iteration():
             moved = _TransformByParameters.apply(moving, *self.parameters, *options)
             loss, items = loss_fn(moved, static)
             loss.backward()
             optimizer.step()
+            return loss.detach(), None if items is None else items.detach()
+
+        runner = IterationRunner(iteration, optimizer, graph)
+        for it in range(1, iterations + 1):
+            loss, items = runner()
             log.log(loss, items)
             if it % check == 0 and it < iterations and log.converged(check, self.tolerance):
                 break

@@ -44,6 +44,7 @@ from regnet.registration._common import (
     make_optimizer,
     resize_field,
 )
+from regnet.registration._graph import IterationRunner, graph_wanted
 from regnet.registration.affine import AffineRegistration
 
 
@@ -110,6 +111,10 @@ class SyNRegistration:
             static first, or pass a configured instance; SyN then registers the affinely
             moved image and every returned field includes the affine part (``theta`` after
             the call; ``None`` without).
+        cuda_graph: replay each level's iterations from a CUDA graph after three eager ones
+            (:mod:`regnet.registration._graph`): ``None`` (auto) on CUDA with torch's Adam /
+            AdamW and regnet's losses, ``True`` on CUDA whatever the functions (they must not
+            synchronise with the host), ``False`` never. Ignored off CUDA.
 
     After ``__call__``: ``v_xy``, ``v_yx`` (velocities on the finest velocity grid, in its
     voxels), ``loss_history`` (per level), ``level_times`` (s). The transformation they
@@ -160,6 +165,7 @@ class SyNRegistration:
         tolerance: float = 1e-4,
         check_every: int = 10,
         affine=False,
+        cuda_graph: bool | None = None,
     ) -> None:
         if len(scales) == 0 or any(s <= 0 for s in scales):
             raise ValueError(f"SyNRegistration: scales must be positive numbers, got {scales!r}")
@@ -182,6 +188,9 @@ class SyNRegistration:
         if not (isinstance(affine, bool) or isinstance(affine, AffineRegistration)):
             raise TypeError(f"SyNRegistration: affine must be a bool or an AffineRegistration, got {type(affine).__name__}")
         self.affine = affine
+        if cuda_graph is not None and not isinstance(cuda_graph, bool):
+            raise TypeError(f"SyNRegistration: cuda_graph must be None (auto), True or False, got {cuda_graph!r}")
+        self.cuda_graph = cuda_graph
         self.reset()
 
     def reset(self) -> None:
@@ -287,7 +296,9 @@ class SyNRegistration:
         p_yx = torch.nn.Parameter(resize_field(self.v_yx, grid).clone())
         # learning_rate is in image voxels; the parameters are in velocity-grid voxels
         step = lr * (grid[0] - 1) / max(shape[0] - 1, 1)
-        optimizer = make_optimizer(self.optimizer, [p_xy, p_yx], step)
+        functions = [self.dissimilarity_function, self.regularization_function if self.lambda_ else None]
+        graph = graph_wanted(self.cuda_graph, x.device, self.optimizer, functions)
+        optimizer = make_optimizer(self.optimizer, [p_xy, p_yx], step, capturable=graph)
         log = LossLog(iterations, description, self.verbose)
         # Losses are means over voxels (and pairs): per-voxel gradients of ~1/voxels would sit
         # near Adam's eps, which would then set the step size and couple the pairs of a batch.
@@ -295,8 +306,8 @@ class SyNRegistration:
         batch = x.shape[0]
         gradient_scale = float(batch * x[0, 0].numel())
         images_xy = torch.cat([x, y])
-        for i in range(iterations):
-            optimizer.zero_grad(set_to_none=True)
+
+        def iteration():
             half = self._exp(torch.cat([self._velocity(p_xy), self._velocity(p_yx)]), shape)
             moved = ops.warp(images_xy, half)
             loss = self.dissimilarity_function(moved[:batch], moved[batch:])
@@ -305,6 +316,11 @@ class SyNRegistration:
                 loss = loss + self.lambda_ * regulariser
             (loss * gradient_scale).backward()
             optimizer.step()
+            return (loss.detach(),)
+
+        runner = IterationRunner(iteration, optimizer, graph)
+        for i in range(iterations):
+            (loss,) = runner()
             log.log(loss)
             if (i + 1) % self.check_every == 0 and log.converged(self.check_every, self.tolerance):
                 break

@@ -34,7 +34,8 @@ import triton
 import triton.language as tl
 
 from regnet.ops._backend import is_deterministic
-from regnet.ops._torch.joint_histogram import PADDING, _centres, _compute_dtype
+from regnet.ops._constants import constant
+from regnet.ops._torch.joint_histogram import PADDING, _compute_dtype
 
 BLOCK = 64
 NUM_WARPS = 4
@@ -266,8 +267,9 @@ class _Problem:
         self.NB = num_bins
         self.kernel = GAUSSIAN if kernel == "gaussian" else BSPLINE
         self.bins = max(16, triton.next_power_of_2(num_bins))
-        self.params = torch.tensor([preterm], dtype=self.acc, device=self.device)
-        self.centres = _centres(num_bins, self.params)
+        self.params = constant([preterm], self.acc, self.device)
+        # MONAI's centres (float32 linspace, cast): one cached device tensor per bin count
+        self.centres = constant(torch.linspace(0.0, 1.0, num_bins).tolist(), self.acc, self.device)
         if self.kernel == BSPLINE:
             self.place_p, self.place_t = self._placement(self.p), self._placement(self.t)
         else:
@@ -285,7 +287,7 @@ class _Problem:
         return torch.stack([m, M, h, constant.to(self.acc)], dim=1).contiguous()
 
     def launch_args(self):
-        return dict(CDT=self.cdt, BLOCK=BLOCK, BINS=self.bins, num_warps=NUM_WARPS)
+        return {"CDT": self.cdt, "BLOCK": BLOCK, "BINS": self.bins, "num_warps": NUM_WARPS}
 
 
 def joint_histogram_forward(pred, target, num_bins, kernel, preterm):
