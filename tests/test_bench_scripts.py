@@ -97,3 +97,27 @@ def test_bench_registration_quick_cpu(tmp_path):
         r = three[name]
         assert r["status"] == "ok" and r["time_s"] > 0, (name, r)
         assert 0 <= r["dice"] <= 1 and r["displacement_error_mm"]["mean"] >= 0 and 0 <= r["folding_fraction"] <= 1
+
+
+def test_bench_syn_iteration_quick_cpu(tmp_path):
+    """The reference side on the CPU, and the Triton side through the interpreter (a smoke test
+    of a whole SyN iteration on the Triton kernels; its time means nothing)."""
+    import os
+
+    out = tmp_path / "syn.json"
+    cmd = [sys.executable, "scripts/bench_syn_iteration.py", "--device", "cpu", "--threads", "1", "--out", str(out),
+           "--shapes", "16x16", "--iterations", "1", "--extra", "1", "--repeats", "1"]
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    (case,) = report["results"]
+    assert case["shape"] == [16, 16] and case["iterations"] == [1, 2]
+    reference, triton, graph = (case["sides"][s] for s in ("reference", "triton", "triton+graph"))
+    assert reference["iteration_time_s"] > 0 and triton["iteration_time_s"] > 0
+    assert graph["iteration_time_s"] is None and "CUDA" in graph["note"]
+    # same first loss (same forward pass); then the backends may take other paths (the
+    # one-sided derivative at voxel centres, see the script's docstring) to as good a fit
+    assert len(triton["losses"]) == len(reference["losses"]) == 2
+    assert abs(triton["losses"][0] - reference["losses"][0]) < 1e-5
+    assert triton["losses"][1] < triton["losses"][0] and reference["losses"][1] < reference["losses"][0]
