@@ -1,5 +1,5 @@
 """local_ncc / LocalNCCLoss against MONAI and torchreg: values, gradients, gradcheck,
-constant images and large intensity offsets."""
+constant images and large intensity offsets; the op's own reduction (reference backend)."""
 
 import pytest
 import torch
@@ -68,6 +68,46 @@ def test_gradcheck(convention, kernel_type, ndim):
     assert torch.autograd.gradcheck(
         lambda p, t: ops.local_ncc(p, t, 3, kernel_type, 1e-6, 1e-5, convention), (pred, target)
     )
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("ndim", [1, 2, 3])
+def test_op_reduction_equals_the_reduced_map(ndim, reduction):
+    """``local_ncc(..., reduction=)`` equals ``map.mean()`` / ``map.sum()`` and its gradients
+    equal autograd through them (the backward expands the scalar gradient)."""
+    for dtype, tol in ((torch.float32, {"rtol": 1e-6, "atol": 1e-7}), (torch.float64, {"rtol": 1e-12, "atol": 1e-14})):
+        pred, target = _pair(ndim, dtype)
+        options = {"kernel_size": 5, "kernel_type": "gaussian", "backend": "torch"}
+        results = []
+        for fused in (True, False):
+            p, t = pred.clone().requires_grad_(), target.clone().requires_grad_()
+            if fused:
+                value = ops.local_ncc(p, t, reduction=reduction, **options)
+            else:
+                value = getattr(ops.local_ncc(p, t, **options), reduction)()
+            (value * -1.7).backward()
+            results.append((value.detach(), p.grad, t.grad))
+        assert results[0][0].shape == () and results[0][0].dtype == dtype
+        for a, b in zip(*results):
+            torch.testing.assert_close(a, b, **tol)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_gradcheck_reduced(reduction):
+    pred, target = _pair(2, torch.float64, batch=2, channels=1)
+    pred = pred[..., :5, :4].clone().requires_grad_()
+    target = target[..., :5, :4].clone().requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda p, t: ops.local_ncc(p, t, 3, "triangular", 1e-6, 1e-5, reduction=reduction), (pred, target)
+    )
+
+
+def test_bad_reduction():
+    pred, target = _pair(2)
+    with pytest.raises(ValueError, match=r"local_ncc: reduction must be one of \('none', 'mean', 'sum'\), got 'max'"):
+        ops.local_ncc(pred, target, reduction="max")
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        ops.local_ncc(pred, target, reduction=None)
 
 
 def _relative_errors(pred, target, kernel_size=7):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from regnet import ops
-from regnet.losses._reduce import check_reduction, reduce
+from regnet.losses._reduce import check_reduction
 
 # (smooth_nr, smooth_dr) defaults of each convention's reference implementation.
 _DEFAULT_SMOOTHING = {"monai": (0.0, 1e-5), "torchreg": (1e-5, 1e-5)}
@@ -23,11 +23,12 @@ def local_ncc_loss(
 ) -> torch.Tensor:
     """Negative local squared NCC of ``pred`` and ``target`` ``(B, C, *spatial)``.
 
-    ``-reduce(ops.local_ncc(...))``: about -1 for locally linearly related images, 0 for
-    unrelated ones. ``convention="monai"`` equals MONAI's
+    ``-ops.local_ncc(..., reduction=reduction)``: about -1 for locally linearly related
+    images, 0 for unrelated ones. ``convention="monai"`` equals MONAI's
     ``LocalNormalizedCrossCorrelationLoss`` (smoothing defaults ``0, 1e-5``);
     ``convention="torchreg"`` equals torchreg's ``NCC`` (defaults ``1e-5, 1e-5``).
-    ``reduction``: ``"mean"``, ``"sum"`` or ``"none"`` (the negated map).
+    ``reduction``: ``"mean"``, ``"sum"`` or ``"none"`` (the negated map). The op reduces
+    itself (on the Triton backend no map is written and backward reads a scalar gradient).
     """
     check_reduction("local_ncc_loss", reduction)
     if convention not in _DEFAULT_SMOOTHING:
@@ -35,8 +36,7 @@ def local_ncc_loss(
     nr, dr = _DEFAULT_SMOOTHING[convention]
     nr = nr if smooth_nr is None else smooth_nr
     dr = dr if smooth_dr is None else smooth_dr
-    ncc = ops.local_ncc(pred, target, kernel_size, kernel_type, nr, dr, convention)
-    return reduce(ncc, reduction).neg()
+    return ops.local_ncc(pred, target, kernel_size, kernel_type, nr, dr, convention, reduction=reduction).neg()
 
 
 class LocalNCCLoss(torch.nn.Module):

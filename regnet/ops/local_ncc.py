@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from regnet.ops import _checks
 from regnet.ops._backend import select
+from regnet.ops._constants import constant
 
 KERNEL_TYPES = ("rectangular", "gaussian", "triangular")
 CONVENTIONS = ("monai", "torchreg")
+REDUCTIONS = ("none", "mean", "sum")
 
 
 def window(kernel_size: int, kernel_type: str) -> torch.Tensor:
@@ -37,22 +41,30 @@ def window_volume(k: torch.Tensor, ndim: int) -> float:
     return float(volume.sum())
 
 
+@functools.lru_cache(maxsize=64)
+def _window_weights(kernel_size: int, kernel_type: str, ndim: int) -> tuple[tuple[float, ...], float]:
+    """The window's weights and MONAI's volume for ``ndim`` axes (computed once per setting)."""
+    k = window(kernel_size, kernel_type)
+    return tuple(k.tolist()), window_volume(k, ndim)
+
+
 class LocalNCCFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, pred, target, kernel, volume, smooth_nr, floor, eps, impl):
+    def forward(ctx, pred, target, kernel, volume, smooth_nr, floor, eps, reduction, impl):
         ctx.save_for_backward(pred, target, kernel)
         ctx.options = (volume, smooth_nr, floor, eps)
+        ctx.reduction = reduction
         ctx.impl = impl
-        return impl.local_ncc_forward(pred, target, kernel, volume, smooth_nr, floor, eps)
+        return impl.local_ncc_forward(pred, target, kernel, volume, smooth_nr, floor, eps, reduction=reduction)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
         pred, target, kernel = ctx.saved_tensors
         grad_pred, grad_target = ctx.impl.local_ncc_backward(
-            grad, pred, target, kernel, *ctx.options, *ctx.needs_input_grad[:2]
+            grad, pred, target, kernel, *ctx.options, *ctx.needs_input_grad[:2], reduction=ctx.reduction
         )
-        return grad_pred, grad_target, None, None, None, None, None, None
+        return grad_pred, grad_target, None, None, None, None, None, None, None
 
 
 def local_ncc(
@@ -64,9 +76,10 @@ def local_ncc(
     smooth_dr: float = 1e-5,
     convention: str = "monai",
     *,
+    reduction: str = "none",
     backend: str | None = None,
 ) -> torch.Tensor:
-    """Local squared zero-normalised cross-correlation in a sliding window, per voxel.
+    """Local squared zero-normalised cross-correlation in a sliding window, per voxel or reduced.
 
     ``convention="monai"`` gives MONAI's ``LocalNormalizedCrossCorrelationLoss`` map (before
     its negation and reduction): ``(cross^2 + smooth_nr) / (max(var_p, smooth_dr) *
@@ -80,9 +93,13 @@ def local_ncc(
         kernel_size: odd window width in voxels (the same along every axis).
         kernel_type: ``"rectangular"``, ``"gaussian"`` (sigma = kernel_size / 3) or
             ``"triangular"``, MONAI's windows.
+        reduction: ``"none"`` returns the map; ``"mean"`` / ``"sum"`` its mean / sum over all
+            elements (batch and channels included), reduced inside the op: the Triton backend
+            never writes the map and its backward reads the scalar gradient from the device.
 
     Returns:
-        ``(B, C, *spatial)``, values in about ``[0, 1]`` (1: locally linearly related).
+        ``"none"``: ``(B, C, *spatial)``, values in about ``[0, 1]`` (1: locally linearly
+        related). ``"mean"`` / ``"sum"``: a 0-d tensor. Always in the inputs' dtype.
         Differentiable w.r.t. both images; the backward keeps only the two inputs.
     """
     fn = "local_ncc"
@@ -95,12 +112,12 @@ def local_ncc(
         raise ValueError(f"{fn}: kernel_size must be a positive odd int, got {kernel_size!r}")
     _checks.choice(fn, "kernel_type", kernel_type, KERNEL_TYPES)
     _checks.choice(fn, "convention", convention, CONVENTIONS)
+    _checks.choice(fn, "reduction", reduction, REDUCTIONS)
     for name, value in (("smooth_nr", smooth_nr), ("smooth_dr", smooth_dr)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
             raise ValueError(f"{fn}: {name} must be a number >= 0, got {value!r}")
     impl = select("local_ncc", pred.device, backend)
-    kernel = window(kernel_size, kernel_type)
-    volume = window_volume(kernel, pred.dim() - 2)
-    kernel = kernel.to(device=pred.device, dtype=pred.dtype)
+    weights, volume = _window_weights(kernel_size, kernel_type, pred.dim() - 2)
+    kernel = constant(weights, pred.dtype, pred.device)  # cached on the device: no host copy per call
     floor, eps = (float(smooth_dr), 0.0) if convention == "monai" else (0.0, float(smooth_dr))
-    return LocalNCCFunction.apply(pred, target, kernel, volume, float(smooth_nr), floor, eps, impl)
+    return LocalNCCFunction.apply(pred, target, kernel, volume, float(smooth_nr), floor, eps, reduction, impl)

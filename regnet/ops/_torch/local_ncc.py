@@ -16,6 +16,10 @@ constant whose rounding noise, divided by the clamped variances, spoils float32 
 
 Only ``pred`` and ``target`` are saved; the backward pass recomputes the five local sums and
 filters five coefficient maps (the window filter is self-adjoint).
+
+``reduction="mean"`` / ``"sum"`` reduce the map with torch (a 0-d tensor in the input dtype);
+their backward expands the 0-d gradient (divided by the element count for ``mean``, as
+autograd's ``mean`` does) to the map's shape without a copy and runs the map's backward.
 """
 
 from __future__ import annotations
@@ -80,13 +84,20 @@ def _statistics(pred, target, k, V):
     return P, T, cp, ct, e, s_p, s_t, cross, var_p, var_t
 
 
-def local_ncc_forward(pred, target, k, V, smooth_nr, floor, eps):
+def local_ncc_forward(pred, target, k, V, smooth_nr, floor, eps, reduction="none"):
     *_, cross, var_p, var_t = _statistics(pred, target, k, V)
     denominator = var_p.clamp_min_(floor).mul_(var_t.clamp_min_(floor)).add_(eps)
-    return cross.square_().add_(smooth_nr).div_(denominator)
+    ncc = cross.square_().add_(smooth_nr).div_(denominator)
+    if reduction == "mean":
+        return ncc.mean()
+    if reduction == "sum":
+        return ncc.sum()
+    return ncc
 
 
-def local_ncc_backward(grad, pred, target, k, V, smooth_nr, floor, eps, needs_pred, needs_target):
+def local_ncc_backward(grad, pred, target, k, V, smooth_nr, floor, eps, needs_pred, needs_target, reduction="none"):
+    if reduction != "none":  # a 0-d gradient: the same value at every voxel, expanded (no copy)
+        grad = (grad / pred.numel() if reduction == "mean" else grad).expand(pred.shape)
     P, T, cp, ct, e, s_p, s_t, cross, var_p, var_t = _statistics(pred, target, k, V)
     active_p, active_t = var_p > floor, var_t > floor
     vp, vt = var_p.clamp_min_(floor), var_t.clamp_min_(floor)

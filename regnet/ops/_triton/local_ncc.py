@@ -11,7 +11,10 @@ Forward (``ndim`` launches, all batch items and channels in each):
   products at every tap and writes the five windowed sums into a ``(5, voxels)`` float32
   (float64 for float64) stack; passes along the next axes read and write the five-map stack;
 - the last pass does not store its sums: it forms ``cross``, ``var_p``, ``var_t`` and the NCC
-  map in registers and stores only the map (a 1D image: the one pass does both).
+  map in registers and stores only the map (a 1D image: the one pass does both); with
+  ``reduction="mean"`` / ``"sum"`` it stores no map either, only one partial sum of the map per
+  program (float32, float64 for float64) into a ``(programs,)`` buffer that torch sums (a
+  fixed-order reduction: deterministic, no atomics), divided by the element count for ``mean``.
 
 The border correction needs ``N`` (the window weight inside the image) per voxel; it is
 separable, ``N = prod_a n_a(i_a)``, and each factor is summed in the kernel from the window
@@ -26,11 +29,14 @@ last one now forming the per-voxel coefficient maps (``g_cross``, and ``c_p``, `
 then the (symmetric, hence self-adjoint) window sums of those maps, one launch per axis over
 the whole stack; the last launch combines them with the shifted images into the gradients,
 ``grad_p = F[c_p] + 2 P F[g_vp] + T F[g_cross]`` and ``grad_t = F[c_t] + 2 T F[g_vt] +
-P F[g_cross]``. Every element is written once: no atomics (deterministic as it is).
+P F[g_cross]``. Every element is written once: no atomics (deterministic as it is). For a
+reduced forward the gradient is a 0-d tensor: each program loads it through its pointer (no
+host synchronisation; CUDA-graph friendly) and divides it by the element count for ``mean``
+(as autograd's ``mean`` does), instead of loading a gradient map.
 
 Arithmetic and intermediate stacks are float32 for float16/bfloat16/float32 inputs and
-float64 for float64; the map and the gradients are returned in the input dtype. The reduction
-of the map (mean / sum) stays in the loss (``regnet.losses.local_ncc``), outside the op.
+float64 for float64; the map, the reduced value and the gradients are returned in the input
+dtype.
 """
 
 from __future__ import annotations
@@ -41,10 +47,14 @@ import torch
 import triton
 import triton.language as tl
 
+from regnet.ops._constants import constant
+
 BLOCK = 256
 NUM_WARPS = 4
 QUANTITIES = 5  # S_P, S_T, S_PP, S_TT, S_PT
-OUT_SUMS, OUT_MAP, OUT_COEFFICIENTS = 0, 1, 2
+OUT_SUMS, OUT_MAP, OUT_COEFFICIENTS, OUT_PARTIAL = 0, 1, 2, 3
+GRAD_MAP, GRAD_SUM, GRAD_MEAN = 0, 1, 2  # the gradient: a map, or 0-d for a sum / a mean
+_GRAD_MODES = {"none": GRAD_MAP, "sum": GRAD_SUM, "mean": GRAD_MEAN}
 _ARGS = ["AX_N", "INNER", "M", "SP", "S0", "S1", "S2", "TAPS", "R"]
 
 
@@ -105,14 +115,17 @@ def _statistics_kernel(
     out_ptr, src_ptr, p_ptr, t_ptr, cp_ptr, ct_ptr, g_ptr, k_ptr, par_ptr,
     AX_N, INNER, M, SP, S0, S1, S2, TAPS, R,
     FIRST: tl.constexpr, OUT: tl.constexpr, NDIM: tl.constexpr,
-    NEED_P: tl.constexpr, NEED_T: tl.constexpr, CDT: tl.constexpr, BLOCK: tl.constexpr,
+    NEED_P: tl.constexpr, NEED_T: tl.constexpr, GRAD: tl.constexpr, CDT: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     """One axis pass of the five local sums, over the ``M`` voxels of all (batch, channel)s.
 
     ``FIRST``: the sums' inputs are the shifted images (else the ``(5, M)`` stack ``src``).
     ``OUT``: 0 stores the five sums to the ``(5, M)`` stack ``out``; 1 stores the NCC map;
     2 stores the backward coefficient maps (``g_cross``, then ``c_p, g_vp`` if ``NEED_P``,
-    then ``c_t, g_vt`` if ``NEED_T``) given the map's gradient ``g``.
+    then ``c_t, g_vt`` if ``NEED_T``) given the map's gradient, ``GRAD`` 0: the map ``g``,
+    1: ``g[0]`` at every voxel (a sum's), 2: ``g[0] / M`` (a mean's); 3 stores the program's
+    sum of the map to ``out[pid]``.
     """
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     lane = offs < M
@@ -169,8 +182,15 @@ def _statistics_kernel(
         num = cross * cross + smooth_nr
         if OUT == 1:
             tl.store(out_ptr + offs, (num / den).to(out_ptr.dtype.element_ty), mask=lane)
+        elif OUT == 3:
+            tl.store(out_ptr + tl.program_id(0), tl.sum(tl.where(lane, num / den, 0.0), axis=0))
         else:
-            g = tl.load(g_ptr + offs, mask=lane, other=0.0).to(CDT)
+            if GRAD == 0:
+                g = tl.load(g_ptr + offs, mask=lane, other=0.0).to(CDT)
+            else:  # d(reduced)/d(map): the same at every voxel, read on the device
+                g = tl.load(g_ptr).to(CDT)
+                if GRAD == 2:
+                    g = g / M.to(CDT)  # as autograd's mean: the gradient divided by the count
             scaled = num / den * g / den
             g_cross = 2.0 * cross / den * g
             tl.store(out_ptr + offs, g_cross, mask=lane)
@@ -252,9 +272,9 @@ class _Problem:
         self.k = k.detach().to(device=self.device, dtype=self.acc).contiguous()
         self.taps = self.k.numel()
         self.r = self.taps // 2
-        self.params = torch.tensor(  # in the compute dtype: float64 keeps smooth_dr's digits
-            [float(V), float(smooth_nr), float(floor), float(eps)], dtype=self.acc, device=self.device
-        )
+        # In the compute dtype (float64 keeps smooth_dr's digits); cached on the device, so
+        # that no call copies from the host (CUDA-graph capture).
+        self.params = constant([V, smooth_nr, floor, eps], self.acc, self.device)
         self.sizes = self.spatial + [1] * (3 - self.ndim)
         self.grid = (triton.cdiv(self.M, BLOCK),)
 
@@ -262,8 +282,9 @@ class _Problem:
         """(length, inner stride) of spatial axis ``a`` in the flat ``(BC, *spatial)`` layout."""
         return self.spatial[a], math.prod(self.spatial[a + 1:])
 
-    def statistics(self, out_mode, out, grad=None, need_p=False, need_t=False):
-        """Run the forward passes; the last one writes ``out`` as ``out_mode`` says."""
+    def statistics(self, out_mode, out, grad=None, need_p=False, need_t=False, grad_mode=GRAD_MAP):
+        """Run the forward passes; the last one writes ``out`` as ``out_mode`` says (the
+        coefficients from ``grad``, a map or 0-d as ``grad_mode`` says)."""
         src = self.p
         for a in range(self.ndim):
             last = a == self.ndim - 1
@@ -273,21 +294,33 @@ class _Problem:
                 dst, src, self.p, self.t, self.cp, self.ct, self.p if grad is None else grad, self.k, self.params,
                 n, inner, self.M, self.SP, *self.sizes, self.taps, self.r,
                 FIRST=a == 0, OUT=out_mode if last else OUT_SUMS, NDIM=self.ndim,
-                NEED_P=int(need_p), NEED_T=int(need_t), CDT=self.cdt, BLOCK=BLOCK, num_warps=NUM_WARPS,
+                NEED_P=int(need_p), NEED_T=int(need_t), GRAD=grad_mode if last else GRAD_MAP,
+                CDT=self.cdt, BLOCK=BLOCK, num_warps=NUM_WARPS,
             )
             src = dst
 
 
-def local_ncc_forward(pred, target, k, V, smooth_nr, floor, eps):
-    """The NCC map ``(B, C, *spatial)`` in ``pred``'s dtype (see the reference for the terms)."""
+def local_ncc_forward(pred, target, k, V, smooth_nr, floor, eps, reduction="none"):
+    """The NCC map ``(B, C, *spatial)``, or its mean / sum (0-d), in ``pred``'s dtype (see the
+    reference for the terms)."""
     problem = _Problem(pred, target, k, V, smooth_nr, floor, eps)
-    out = _empty(problem.shape, pred.dtype, pred.device)
+    if reduction == "none":
+        out = _empty(problem.shape, pred.dtype, pred.device)
+        if problem.M:
+            problem.statistics(OUT_MAP, out)
+        return out
+    partials = _empty(problem.grid, problem.acc, problem.device)
     if problem.M:
-        problem.statistics(OUT_MAP, out)
-    return out
+        problem.statistics(OUT_PARTIAL, partials)
+    total = partials.sum()  # fixed order: the same bits every run
+    if reduction == "mean":
+        total = total / problem.M  # no voxels: 0 / 0 = NaN, as torch's mean of an empty tensor
+    return total.to(pred.dtype)
 
 
-def local_ncc_backward(grad, pred, target, k, V, smooth_nr, floor, eps, needs_pred, needs_target):
+def local_ncc_backward(grad, pred, target, k, V, smooth_nr, floor, eps, needs_pred, needs_target, reduction="none"):
+    """Gradients of the map (``grad``: ``(B, C, *spatial)``) or of its mean / sum (``grad``: 0-d,
+    read by the kernel from the device, never by the host)."""
     if not (needs_pred or needs_target):
         return None, None
     problem = _Problem(pred, target, k, V, smooth_nr, floor, eps)
@@ -297,7 +330,8 @@ def local_ncc_backward(grad, pred, target, k, V, smooth_nr, floor, eps, needs_pr
         return grad_pred, grad_target
     maps = 1 + 2 * int(bool(needs_pred)) + 2 * int(bool(needs_target))
     coefficients = _empty((maps, problem.M), problem.acc, problem.device)
-    problem.statistics(OUT_COEFFICIENTS, coefficients, grad.contiguous(), needs_pred, needs_target)
+    grad = grad.contiguous() if reduction == "none" else grad.reshape(())
+    problem.statistics(OUT_COEFFICIENTS, coefficients, grad, needs_pred, needs_target, _GRAD_MODES[reduction])
     src = coefficients
     for a in range(problem.ndim):
         n, inner = problem.axis(a)
