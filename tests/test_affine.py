@@ -152,8 +152,8 @@ def test_affine_grid_bad_input(kwargs, match):
 def test_affine_transform_and_compose_affine_bad_input():
     with pytest.raises(ValueError, match=r"theta must have shape \(B, 3, 4\)"):
         ops.affine_transform(torch.zeros(1, 1, 4, 4, 4), torch.zeros(1, 2, 3))
-    with pytest.raises(ValueError, match="batch size 1"):
-        ops.affine_transform(torch.zeros(1, 1, 4, 4), torch.zeros(2, 2, 3))
+    with pytest.raises(ValueError, match="image has batch size 3 and theta 2"):
+        ops.affine_transform(torch.zeros(3, 1, 4, 4), torch.zeros(2, 2, 3))
     with pytest.raises(ValueError, match="shape must be 2 positive ints"):
         ops.affine_transform(torch.zeros(1, 1, 4, 4), torch.zeros(1, 2, 3), shape=(4, 4, 4))
     with pytest.raises(TypeError, match="dtype"):

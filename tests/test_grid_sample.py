@@ -73,7 +73,7 @@ def test_identity_grid_reproduces_image(brain_slice):
     "image,grid,error,match",
     [
         (torch.zeros(1, 1, 4, 4), torch.zeros(1, 3, 3, 3), ValueError, "grid must have shape"),
-        (torch.zeros(1, 1, 4, 4), torch.zeros(2, 3, 3, 2), ValueError, "B = 1"),
+        (torch.zeros(3, 1, 4, 4), torch.zeros(2, 3, 3, 2), ValueError, "input has batch size 3 and grid 2"),
         (torch.zeros(1, 1, 4, 4), torch.zeros(1, 3, 3, 3, 3), ValueError, "grid must have 4 dimensions"),
         (torch.zeros(1, 4, 4), torch.zeros(1, 3, 2), ValueError, "input must have 4 or 5"),
         (torch.zeros(1, 1, 4, 4), torch.zeros(1, 3, 3, 2, dtype=torch.float64), TypeError, "dtype"),

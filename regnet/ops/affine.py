@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch.autograd.function import once_differentiable
 
-from regnet.ops import _checks
+from regnet.ops import _broadcast, _checks
 from regnet.ops._backend import select
 
 
@@ -131,6 +131,8 @@ def affine_transform(
     Args:
         image: ``(B, C, *spatial)``, 2D or 3D.
         theta: ``(B, ndim, ndim + 1)``, normalised coordinates (``affine_grid``'s convention).
+            The batch sizes are equal, or one of them is 1 and shared by every item of the
+            other (:mod:`regnet.ops._broadcast`).
         shape: output spatial shape; defaults to the image's.
 
     Returns:
@@ -139,13 +141,16 @@ def affine_transform(
     fn = "affine_transform"
     _checks.tensor(fn, "image", image, ndims=(4, 5))
     ndim = image.dim() - 2
-    _check_theta(fn, theta, image.shape[0], ndim)
+    _check_theta(fn, theta, None, ndim)
+    _broadcast.output_batch(fn, "image", image, "theta", theta)
     _checks.same_device_dtype(fn, image=image, theta=theta)
     shape = tuple(image.shape[2:]) if shape is None else _check_spatial(fn, "shape", shape, ndim)
     _checks.choice(fn, "mode", mode, _checks.SAMPLING_MODES)
     _checks.choice(fn, "padding_mode", padding_mode, _checks.PADDING_MODES)
     impl = select("affine_transform", image.device, backend)
-    return AffineTransformFunction.apply(image, theta, shape, mode, padding_mode, bool(align_corners), impl)
+    image, folded = _broadcast.fold(image, theta)
+    out = AffineTransformFunction.apply(image, theta, shape, mode, padding_mode, bool(align_corners), impl)
+    return _broadcast.unfold(out, folded)
 
 
 def compose_affine(

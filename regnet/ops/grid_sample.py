@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from regnet.ops import _checks
+from regnet.ops import _broadcast, _checks
 from regnet.ops._backend import select
 
 
@@ -29,14 +29,16 @@ class GridSampleFunction(torch.autograd.Function):
 
 
 def check_grid(fn: str, input: torch.Tensor, grid) -> None:
-    """Check ``grid`` ``(B, *out_spatial, ndim)`` against ``input`` ``(B, C, *spatial)``."""
+    """Check ``grid`` ``(B, *out_spatial, ndim)`` against ``input`` ``(B, C, *spatial)`` (or
+    one of the two with batch 1)."""
     _checks.tensor(fn, "grid", grid, ndims=(input.dim(),))
     ndim = input.dim() - 2
-    if grid.shape[0] != input.shape[0] or grid.shape[-1] != ndim:
+    if grid.shape[-1] != ndim:
         raise ValueError(
-            f"{fn}: grid must have shape (B, *out_spatial, {ndim}) with B = {input.shape[0]} to match "
-            f"input {tuple(input.shape)}, got {tuple(grid.shape)}"
+            f"{fn}: grid must have shape (B, *out_spatial, {ndim}) for input {tuple(input.shape)}, "
+            f"got {tuple(grid.shape)}"
         )
+    _broadcast.output_batch(fn, "input", input, "grid", grid)
     _checks.same_device_dtype(fn, input=input, grid=grid)
 
 
@@ -51,7 +53,9 @@ def grid_sample(
 ) -> torch.Tensor:
     """Sample ``input`` at the normalised positions of ``grid``.
 
-    Same semantics as :func:`torch.nn.functional.grid_sample`.
+    Same semantics as :func:`torch.nn.functional.grid_sample`, plus batch broadcasting where
+    PyTorch raises: ``input`` or ``grid`` may have batch 1 and is then shared by every item of
+    the other (:mod:`regnet.ops._broadcast`).
 
     Args:
         input: image ``(B, C, H, W)`` or ``(B, C, H, W, D)``.
@@ -72,4 +76,6 @@ def grid_sample(
     _checks.choice(fn, "mode", mode, _checks.SAMPLING_MODES)
     _checks.choice(fn, "padding_mode", padding_mode, _checks.PADDING_MODES)
     impl = select("grid_sample", input.device, backend)
-    return GridSampleFunction.apply(input, grid, mode, padding_mode, bool(align_corners), impl)
+    input, folded = _broadcast.fold(input, grid)
+    return _broadcast.unfold(GridSampleFunction.apply(input, grid, mode, padding_mode, bool(align_corners), impl),
+                             folded)

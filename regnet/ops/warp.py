@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from regnet.ops import _checks
+from regnet.ops import _broadcast, _checks
 from regnet.ops._backend import select
 
 
@@ -46,7 +46,9 @@ def warp(
 
     Args:
         image: ``(B, C, H, W)`` or ``(B, C, H, W, D)``.
-        ddf: ``(B, ndim, *spatial)`` with the image's batch and spatial shape.
+        ddf: ``(B, ndim, *spatial)`` with the image's spatial shape. The batch sizes are equal,
+            or one of them is 1: one image warped by ``B`` fields, or ``B`` images by one field
+            (see :mod:`regnet.ops._broadcast`).
         mode: ``"bilinear"`` or ``"nearest"`` (label maps).
         padding_mode: ``"border"`` (MONAI's default), ``"zeros"`` or ``"reflection"``.
 
@@ -56,8 +58,10 @@ def warp(
     fn = "warp"
     _checks.tensor(fn, "image", image, ndims=(4, 5))
     _checks.tensor(fn, "ddf", ddf)
-    _checks.spatial_field(fn, "ddf", ddf, image.shape[0], image.shape[2:])
+    _checks.spatial_field(fn, "ddf", ddf, ddf.shape[0], image.shape[2:])
+    _broadcast.output_batch(fn, "image", image, "ddf", ddf)
     _checks.same_device_dtype(fn, image=image, ddf=ddf)
     check_sampling(fn, mode, padding_mode)
     impl = select("warp", image.device, backend)
-    return WarpFunction.apply(image, ddf, mode, padding_mode, impl)
+    image, folded = _broadcast.fold(image, ddf)
+    return _broadcast.unfold(WarpFunction.apply(image, ddf, mode, padding_mode, impl), folded)

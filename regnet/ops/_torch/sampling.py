@@ -23,18 +23,29 @@ def _sampler(ndim: int):
     return aten.grid_sampler_3d, aten.grid_sampler_3d_backward
 
 
+def _broadcast(input, batch: int):
+    """``input`` ``(1, C, ...)`` as a stride-0 view of ``batch`` items (ATen's sampler reads
+    through strides: no copy), or ``input`` itself when its batch is already ``batch``."""
+    return input.expand(batch, *input.shape[1:]) if input.shape[0] != batch else input
+
+
 def grid_sample_forward(input, grid, mode, padding_mode, align_corners):
+    """``input`` ``(B or 1, C, ...)``, ``grid`` ``(B, ...)``: a batch-1 input is sampled by every grid."""
     forward, _ = _sampler(input.dim() - 2)
-    return forward(input, grid, MODE_CODE[mode], PADDING_CODE[padding_mode], align_corners)
+    return forward(_broadcast(input, grid.shape[0]), grid, MODE_CODE[mode], PADDING_CODE[padding_mode],
+                   align_corners)
 
 
 def grid_sample_backward(grad, input, grid, mode, padding_mode, align_corners, needs_input, needs_grid):
-    """Return ``(grad_input, grad_grid)``; an entry is ``None`` when not needed."""
+    """Return ``(grad_input, grad_grid)``; an entry is ``None`` when not needed. A batch-1
+    ``input`` sampled by ``B`` grids gets the sum of the ``B`` items' gradients."""
     _, backward = _sampler(input.dim() - 2)
     grad_input, grad_grid = backward(
-        grad.contiguous(), input, grid, MODE_CODE[mode], PADDING_CODE[padding_mode], align_corners,
-        [needs_input, needs_grid],
+        grad.contiguous(), _broadcast(input, grid.shape[0]), grid, MODE_CODE[mode], PADDING_CODE[padding_mode],
+        align_corners, [needs_input, needs_grid],
     )
+    if needs_input and grad_input.shape[0] != input.shape[0]:
+        grad_input = grad_input.sum(0, keepdim=True)
     return (grad_input if needs_input else None), (grad_grid if needs_grid else None)
 
 

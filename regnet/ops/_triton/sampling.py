@@ -325,13 +325,13 @@ def _sample_forward_kernel(
     out_ptr, img_ptr, src_ptr,
     C, S0, S1, S2, O0, O1, O2,
     NDIM: tl.constexpr, SOURCE: tl.constexpr, MODE: tl.constexpr, PADDING: tl.constexpr,
-    ALIGN: tl.constexpr, CDT: tl.constexpr, BLOCK: tl.constexpr,
+    ALIGN: tl.constexpr, CDT: tl.constexpr, BLOCK: tl.constexpr, IMG_BATCHED: tl.constexpr,
 ):
     b, offs, lane, n_out, n_in, p0, p1, p2, g0, g1, g2, m0, m1, m2, x, y, z = _padded_point(
         src_ptr, 1.0, S0, S1, S2, O0, O1, O2, NDIM, SOURCE, PADDING, ALIGN, CDT, BLOCK)
 
     out_dtype = out_ptr.dtype.element_ty
-    img_b = img_ptr + b * C * n_in
+    img_b = img_ptr + b * IMG_BATCHED * C * n_in  # IMG_BATCHED 0: one image for every item
     out_b = out_ptr + b * C * n_out + offs
     if MODE == 1:  # nearest
         off, valid = _nearest_offset(p0, p1, p2, S0, S1, S2, lane, NDIM)
@@ -437,13 +437,13 @@ def _sample_backward_kernel(
     C, S0, S1, S2, O0, O1, O2,
     NDIM: tl.constexpr, SOURCE: tl.constexpr, MODE: tl.constexpr, PADDING: tl.constexpr,
     ALIGN: tl.constexpr, CDT: tl.constexpr, NEED_IMAGE: tl.constexpr, NEED_SOURCE: tl.constexpr,
-    DET: tl.constexpr, BLOCK: tl.constexpr,
+    DET: tl.constexpr, BLOCK: tl.constexpr, IMG_BATCHED: tl.constexpr,
 ):
     b, offs, lane, n_out, n_in, p0, p1, p2, g0, g1, g2, m0, m1, m2, x, y, z = _padded_point(
         src_ptr, 1.0, S0, S1, S2, O0, O1, O2, NDIM, SOURCE, PADDING, ALIGN, CDT, BLOCK)
 
-    img_b = img_ptr + b * C * n_in
-    gimg_b = gimg_ptr + b * C * n_in
+    img_b = img_ptr + b * IMG_BATCHED * C * n_in  # IMG_BATCHED 0: every item adds into one gradient
+    gimg_b = gimg_ptr + b * IMG_BATCHED * C * n_in
     gout_b = gout_ptr + b * C * n_out + offs
     if MODE == 1:  # nearest: the sample point has zero gradient; only the image gets one
         if NEED_IMAGE:
@@ -548,7 +548,7 @@ def _check_int32(*tensors) -> None:
 def _forward(image, src, out_spatial, source, mode, padding_mode, align_corners):
     image = image.contiguous()
     src = src.contiguous()
-    batch, channels = image.shape[:2]
+    batch, channels = src.shape[0], image.shape[1]  # image batch: the source's or 1 (broadcast)
     ndim = image.dim() - 2
     out = _empty((batch, channels, *out_spatial), image.dtype, image.device)
     if out.numel() == 0:
@@ -560,7 +560,8 @@ def _forward(image, src, out_spatial, source, mode, padding_mode, align_corners)
     _sample_forward_kernel[launch](
         out, image, src, channels, *_sizes(image.shape[2:]), *_sizes(out_spatial),
         NDIM=ndim, SOURCE=source, MODE=MODE_CODE[mode], PADDING=PADDING_CODE[padding_mode],
-        ALIGN=bool(align_corners), CDT=cdt, BLOCK=BLOCK, num_warps=NUM_WARPS,
+        ALIGN=bool(align_corners), CDT=cdt, BLOCK=BLOCK, IMG_BATCHED=int(image.shape[0] == batch),
+        num_warps=NUM_WARPS,
     )
     return out
 
@@ -582,7 +583,8 @@ def _backward(grad, image, src, out_spatial, source, mode, padding_mode, align_c
     grad = grad.contiguous()
     image = image.contiguous()
     src = src.contiguous()
-    batch, channels = image.shape[:2]
+    batch, channels = src.shape[0], image.shape[1]
+    batched = image.shape[0] == batch  # else one image sampled by every item: gradients summed
     ndim = image.dim() - 2
     cdt, acc = _compute_dtype(image.dtype)
     _check_int32(image, grad)
@@ -607,13 +609,16 @@ def _backward(grad, image, src, out_spatial, source, mode, padding_mode, align_c
             channels, *_sizes(image.shape[2:]), *_sizes(out_spatial),
             NDIM=ndim, SOURCE=source, MODE=MODE_CODE[mode], PADDING=PADDING_CODE[padding_mode],
             ALIGN=bool(align_corners), CDT=cdt, NEED_IMAGE=kernel_image, NEED_SOURCE=need_source,
-            DET=det, BLOCK=BLOCK, num_warps=NUM_WARPS,
+            DET=det, BLOCK=BLOCK, IMG_BATCHED=int(batched), num_warps=NUM_WARPS,
         )
     if needs_image and det:
         from regnet.ops._triton import scatter
 
-        grad_image = scatter.image_grad(grad, src, image.shape, source, mode, padding_mode, align_corners,
+        shape = image.shape if batched else (batch, *image.shape[1:])
+        grad_image = scatter.image_grad(grad, src, shape, source, mode, padding_mode, align_corners,
                                         acc_dtype=acc)
+        if not batched:  # per-item gradients, summed in a fixed order
+            grad_image = grad_image.sum(0, keepdim=True)
     if need_source and source == SOURCE_AFFINE and det:
         grad_source = grad_source.sum(dim=1).view(source_grad_shape)
     if grad_image is not None:
