@@ -16,6 +16,7 @@ import torch
 import regnet.registration.affine as affine_module
 import regnet.registration.syn as syn_module
 from regnet.losses import DiffusionLoss, LocalNCCLoss, MSELoss
+from regnet.ops import _backend
 from regnet.ops._constants import constant
 from regnet.registration import _graph
 from regnet.registration._common import resize_field
@@ -204,3 +205,67 @@ def test_real_capture_on_cuda_matches_eager():
     assert torch.allclose(out[True][0], out[False][0], atol=1e-5)
     assert torch.allclose(out[True][1], out[False][1], atol=1e-4)
     assert len(out[True][2][0]) == 10
+
+
+class HostReadSpy(torch.overrides.TorchFunctionMode):
+    """Records calls that cannot run inside a CUDA-graph capture when regnet makes them: reads of
+    device values on the host (``item``, ``tolist``, ``bool(t)``, ``float(t)``, ``.cpu()``,
+    ``.numpy()``) and tensors built from Python data (``torch.tensor``: a host-to-device copy on
+    CUDA). Calls made by Triton itself (its interpreter copies arguments to NumPy) are skipped."""
+
+    NAMES = {"item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy", "tensor", "as_tensor",
+             "from_numpy"}
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in self.NAMES:
+            import sys
+
+            caller = sys._getframe(1).f_code.co_filename
+            if "triton" not in caller.replace("\\", "/").split("/site-packages/")[-1].split("/")[0]:
+                self.calls.append(f"{name} from {caller}:{sys._getframe(1).f_lineno}")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
+@pytest.mark.parametrize("case", ["syn-lncc", "syn-mi", "affine-mse"])
+def test_captured_iteration_reads_nothing_back_from_the_device(monkeypatch, case):
+    """The iteration that would be captured (after the eager warm-up), on the Triton backend (what
+    runs on CUDA; here through the interpreter), makes no host read and builds no tensor from
+    Python data: on a GPU either would break the capture."""
+    pytest.importorskip("triton")
+    import regnet
+    from regnet.losses import GlobalMILoss
+
+    spies = []
+
+    def capture(fn, optimizer):
+        optimizer.zero_grad(set_to_none=True)
+        with HostReadSpy() as spy:
+            outputs = fn()
+        spies.append(spy)
+        graph = FakeGraph(fn, optimizer, outputs)
+        return graph, outputs
+
+    monkeypatch.setattr(_graph, "_capture", capture)
+    monkeypatch.setattr(_graph, "_on_side_stream", lambda fn: fn())
+    for module in (affine_module, syn_module):
+        monkeypatch.setattr(module, "graph_wanted", lambda setting, *args: setting is not False)
+    moving, static = (t.float()[..., :16, :16] for t in _pair_2d())
+    monkeypatch.setattr(_backend, "AUTO_TRITON_DEVICES", ("cuda", "cpu"))  # auto picks what it picks on CUDA
+    regnet.set_backend("auto")
+    try:
+        if case == "affine-mse":
+            AffineRegistration(scales=(1,), iterations=_graph.WARMUP + 1, verbose=False, tolerance=0)(moving, static)
+        else:
+            loss = GlobalMILoss(num_bins=8) if case == "syn-mi" else None
+            SyNRegistration(scales=(1,), iterations=_graph.WARMUP + 1, verbose=False, tolerance=0,
+                            dissimilarity_function=loss)(moving, static, return_moved=False)
+    finally:
+        regnet.set_backend(None)
+    assert len(spies) == 1
+    assert spies[0].calls == []

@@ -70,6 +70,11 @@ def is_deterministic() -> bool:
     return torch.are_deterministic_algorithms_enabled()
 
 
+#: Device types on which ``auto`` takes the Triton kernels (tests add ``"cpu"`` to run the
+#: CUDA code path through Triton's interpreter).
+AUTO_TRITON_DEVICES = ("cuda",)
+
+
 def _triton_kernels() -> dict:
     try:
         return importlib.import_module("regnet.ops._triton").KERNELS
@@ -81,7 +86,7 @@ def select(op: str, device, backend: str | None = None) -> ModuleType:
     """Return the backend namespace that computes ``op`` for tensors on ``device``."""
     name = get_backend() if backend is None else _check_name(backend, f"{op}(backend=...)")
     if name == "auto":
-        kernels = _triton_kernels() if device.type == "cuda" else {}
+        kernels = _triton_kernels() if device.type in AUTO_TRITON_DEVICES else {}
         return kernels.get(op) or _reference()
     if name == "torch":
         return _reference()

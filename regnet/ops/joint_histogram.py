@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -13,8 +14,10 @@ from regnet.ops._backend import select
 KERNELS = ("gaussian", "b-spline")
 
 
+@functools.lru_cache(maxsize=64)
 def gaussian_preterm(num_bins: int, sigma_ratio: float) -> float:
-    """``1 / (2 sigma^2)`` with ``sigma = mean bin spacing * sigma_ratio``, in float32 as MONAI."""
+    """``1 / (2 sigma^2)`` with ``sigma = mean bin spacing * sigma_ratio``, in float32 as MONAI
+    (computed on the CPU once per setting)."""
     centres = torch.linspace(0.0, 1.0, num_bins)
     sigma = torch.mean(centres[1:] - centres[:-1]) * sigma_ratio
     return float(1 / (2 * sigma**2))

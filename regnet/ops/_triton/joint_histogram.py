@@ -29,6 +29,7 @@ returned in the input dtype.
 
 from __future__ import annotations
 
+import functools
 import torch
 import triton
 import triton.language as tl
@@ -254,6 +255,12 @@ def _triton_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
+@functools.lru_cache(maxsize=64)
+def _centre_values(num_bins: int) -> tuple[float, ...]:
+    """MONAI's bin centres: float32 ``linspace(0, 1, bins)`` (cast to the compute dtype on use)."""
+    return tuple(torch.linspace(0.0, 1.0, num_bins).tolist())
+
+
 class _Problem:
     def __init__(self, pred, target, num_bins, kernel, preterm):
         self.dtype = pred.dtype
@@ -268,8 +275,7 @@ class _Problem:
         self.kernel = GAUSSIAN if kernel == "gaussian" else BSPLINE
         self.bins = max(16, triton.next_power_of_2(num_bins))
         self.params = constant([preterm], self.acc, self.device)
-        # MONAI's centres (float32 linspace, cast): one cached device tensor per bin count
-        self.centres = constant(torch.linspace(0.0, 1.0, num_bins).tolist(), self.acc, self.device)
+        self.centres = constant(_centre_values(num_bins), self.acc, self.device)
         if self.kernel == BSPLINE:
             self.place_p, self.place_t = self._placement(self.p), self._placement(self.t)
         else:
