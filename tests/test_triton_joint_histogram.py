@@ -19,7 +19,12 @@ import torch  # noqa: E402
 
 from regnet import ops  # noqa: E402
 from regnet.ops import _backend  # noqa: E402
-from triton_helpers import INTERPRETER_WARNINGS, small_blocks_and_poisoned_buffers, triton_device  # noqa: E402
+from triton_helpers import (  # noqa: E402
+    INTERPRETER_WARNINGS,
+    assert_like_reference,
+    small_blocks_and_poisoned_buffers,
+    triton_device,
+)
 
 triton = pytest.importorskip("triton")
 from regnet.ops._triton import joint_histogram  # noqa: E402
@@ -70,15 +75,7 @@ def _compare(pred, target, tol=None, needs=(True, True), reference_dtype=None, *
     expected = _run(ref_pred, ref_target, "torch", weight, needs, **options)
     actual = _run(pred, target, "triton", weight.to(pred.dtype), needs, **options)
     tol = tol or TOL[pred.dtype]
-    for name, a, e in zip(("histogram", "grad_pred", "grad_target"), actual, expected):
-        if e is None:
-            assert a is None, name
-            continue
-        assert a.dtype == pred.dtype and a.shape == e.shape, name
-        assert not a.isnan().any(), f"{name}: NaN (an element the kernel did not write)"
-        # gradients are ~1/N per voxel: atol relative to the largest reference value
-        scaled = dict(rtol=tol["rtol"], atol=tol["atol"] * max(1.0, e.abs().max().item()))
-        torch.testing.assert_close(a.to(e.dtype), e, **scaled, msg=lambda m, name=name: f"{name}: {m}")
+    assert_like_reference(("histogram", "grad_pred", "grad_target"), actual, expected, pred.dtype, tol)
     return actual
 
 

@@ -21,7 +21,12 @@ import torch  # noqa: E402
 
 from regnet import ops  # noqa: E402
 from regnet.ops import _backend  # noqa: E402
-from triton_helpers import INTERPRETER_WARNINGS, small_blocks_and_poisoned_buffers, triton_device  # noqa: E402
+from triton_helpers import (  # noqa: E402
+    INTERPRETER_WARNINGS,
+    assert_like_reference,
+    small_blocks_and_poisoned_buffers,
+    triton_device,
+)
 
 triton = pytest.importorskip("triton")
 from regnet.ops._triton import local_ncc  # noqa: E402
@@ -80,13 +85,7 @@ def _compare(pred, target, tol=None, needs=(True, True), reference_dtype=None, *
     expected = _run(ref_pred, ref_target, "torch", weight, needs, **options)
     actual = _run(pred, target, "triton", weight.to(pred.dtype), needs, **options)
     tol = tol or TOL[pred.dtype]
-    for name, a, e in zip(("map", "grad_pred", "grad_target"), actual, expected):
-        if e is None:
-            assert a is None, name
-            continue
-        assert a.dtype == pred.dtype and a.shape == e.shape, name
-        assert not a.isnan().any(), f"{name}: NaN (an element the kernel did not write)"
-        torch.testing.assert_close(a.to(e.dtype), e, **_scaled_tol(tol, e), msg=lambda m, name=name: f"{name}: {m}")
+    assert_like_reference(("map", "grad_pred", "grad_target"), actual, expected, pred.dtype, tol)
     return actual
 
 
@@ -210,15 +209,7 @@ def _compare_reduced(pred, target, reduction, tol=None, needs=(True, True), refe
     tol = tol or TOL[pred.dtype]
     for how in ("fused", "map"):
         expected = _run_reduced(ref_pred, ref_target, "torch", reduction, scale, needs, fused=how == "fused", **options)
-        for name, a, e in zip(("value", "grad_pred", "grad_target"), actual, expected):
-            if e is None:
-                assert a is None, name
-                continue
-            assert a.dtype == pred.dtype and a.shape == e.shape, name
-            assert not a.isnan().any(), f"{name}: NaN (an element or partial sum the kernel did not write)"
-            torch.testing.assert_close(
-                a.to(e.dtype), e, **_scaled_tol(tol, e), msg=lambda m, name=name, how=how: f"{how} {name}: {m}"
-            )
+        assert_like_reference(("value", "grad_pred", "grad_target"), actual, expected, pred.dtype, tol, f"{how} ")
     assert actual[0].shape == ()
     return actual
 

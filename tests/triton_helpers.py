@@ -68,3 +68,18 @@ def run_weighted(fn, inputs, backend, weight):
     out = fn(*leaves, backend=backend)
     (out * weight).sum().backward()
     return [out.detach(), *(x.grad for x in leaves)]
+
+
+def assert_like_reference(names, actual, expected, dtype, tol, label=""):
+    """Each kernel output against the reference's: ``None`` where the reference has ``None``;
+    else ``dtype``, the reference's shape, no NaN (an element or partial sum the kernel did not
+    write: buffers start poisoned) and values within ``tol`` (``{"rtol", "atol"}``, ``atol``
+    relative to the largest reference value: gradients scale with the weights)."""
+    for name, a, e in zip(names, actual, expected):
+        if e is None:
+            assert a is None, name
+            continue
+        assert a.dtype == dtype and a.shape == e.shape, name
+        assert not a.isnan().any(), f"{label}{name}: NaN (an element or partial sum the kernel did not write)"
+        scaled = {"rtol": tol["rtol"], "atol": tol["atol"] * max(1.0, e.abs().max().item())}
+        torch.testing.assert_close(a.to(e.dtype), e, **scaled, msg=lambda m, name=name: f"{label}{name}: {m}")
