@@ -19,7 +19,7 @@ if this Triton's internals (its driver and ``JITFunction.run``) cannot be driven
 
 Usage::
 
-    python scripts/check_triton_compile.py [--arch 90] [--quick]
+    python scripts/check_triton_compile.py [--arch 90] [--quick] [--resources]
 """
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ os.environ["TRITON_INTERPRET"] = "0"  # before Triton is imported: compile, do n
 UNSUPPORTED = 3
 
 
-def install_fake_driver(arch: int) -> tuple[collections.Counter, list]:
-    """Make Triton compile (only) for ``sm_<arch>``; returns (compiled per kernel, failures)."""
+def install_fake_driver(arch: int) -> tuple[collections.Counter, list, dict]:
+    """Make Triton compile (only) for ``sm_<arch>``; returns (compiled per kernel, failures,
+    ``{hash: (kernel name, CompiledKernel)}`` of the distinct specialisations)."""
     from triton.backends.compiler import GPUTarget
     from triton.runtime import driver
     from triton.runtime.jit import JITFunction
@@ -70,7 +71,7 @@ def install_fake_driver(arch: int) -> tuple[collections.Counter, list]:
             return ty_to_cpp(ty)
 
     driver.set_active(CompileOnlyDriver())
-    compiled, failures = collections.Counter(), []
+    compiled, failures, distinct = collections.Counter(), [], {}
     run = JITFunction.run
 
     def compile_only(self, *args, grid, warmup, **kwargs):
@@ -80,10 +81,39 @@ def install_fake_driver(arch: int) -> tuple[collections.Counter, list]:
             failures.append((self.fn.__name__, f"{type(error).__name__}: {str(error)[:1500]}"))
             raise
         compiled[self.fn.__name__] += 1
+        distinct[kernel.hash] = (self.fn.__name__, kernel)
         return kernel
 
     JITFunction.run = compile_only
-    return compiled, failures
+    return compiled, failures, distinct
+
+
+def resources(distinct: dict, arch: int) -> dict[str, dict]:
+    """Per kernel: registers and spill bytes of each specialisation, from ``ptxas -v`` (Triton's
+    bundled ptxas) on its PTX. Returns ``{name: {"specialisations", "max_registers",
+    "max_spill_bytes"}}`` (-1 registers: ptxas reported none)."""
+    import re
+    import subprocess
+    import tempfile
+
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    ptxas = get_ptxas(arch).path  # the one Triton itself assembles this target's PTX with
+    out: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for key, (name, kernel) in distinct.items():
+            path = os.path.join(tmp, f"{key}.ptx")
+            with open(path, "w") as f:
+                f.write(kernel.asm["ptx"])
+            log = subprocess.run([ptxas, f"-arch=sm_{arch}a" if arch >= 90 else f"-arch=sm_{arch}", "-v", path,
+                                  "-o", os.devnull], capture_output=True, text=True).stderr
+            registers = max((int(v) for v in re.findall(r"Used (\d+) registers", log)), default=-1)
+            spills = sum(int(v) for v in re.findall(r"(\d+) bytes spill stores", log))
+            entry = out.setdefault(name, {"specialisations": 0, "max_registers": 0, "max_spill_bytes": 0})
+            entry["specialisations"] += 1
+            entry["max_registers"] = max(entry["max_registers"], registers)
+            entry["max_spill_bytes"] = max(entry["max_spill_bytes"], spills)
+    return out
 
 
 def configurations(quick: bool):
@@ -179,11 +209,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability x 10 (default 90: H100/H200)")
     parser.add_argument("--quick", action="store_true", help="float32 only")
+    parser.add_argument("--resources", action="store_true",
+                        help="also report registers and spills per kernel (ptxas -v on each specialisation)")
     args = parser.parse_args(argv)
     import triton
 
     try:
-        compiled, failures = install_fake_driver(args.arch)
+        compiled, failures, distinct = install_fake_driver(args.arch)
     except (ImportError, AttributeError) as error:  # Triton's internals moved: say so, distinctly
         print(f"check_triton_compile: cannot drive Triton {triton.__version__}'s compiler without a GPU "
               f"({type(error).__name__}: {error})", file=sys.stderr)
@@ -204,8 +236,14 @@ def main(argv=None) -> int:
     print(f"Triton {triton.__version__}, sm_{args.arch}: {configs} configurations, "
           f"{sum(compiled.values())} kernel compilations ({len(compiled)} kernels), {broken} failed, "
           f"{time.perf_counter() - start:.0f} s")
+    usage = resources(distinct, args.arch) if args.resources else {}
     for name, count in sorted(compiled.items()):
-        print(f"  {name}: {count}")
+        extra = ""
+        if name in usage:
+            u = usage[name]
+            extra = (f", {u['specialisations']} specialisations, <= {u['max_registers']} registers, "
+                     f"<= {u['max_spill_bytes']} bytes spilled")
+        print(f"  {name}: {count} launches{extra}")
     return 1 if broken else 0
 
 
