@@ -54,7 +54,11 @@ from regnet.ops._triton.sampling import (
 )
 
 BLOCK = 256
-NUM_WARPS = 4
+#: One voxel per thread. Chosen from ptxas's register counts (sm_90a, Triton 3.9; see
+#: docs/triton.md), not yet from GPU timings: at 4 warps (two voxels per thread) the float32
+#: backward kernels need 112-174 registers (2-4 blocks, 8-16 warps per SM); at 8 warps 64
+#: (4 blocks, 32 warps), and the forward kernels 40-48 instead of 72-80.
+NUM_WARPS = 8
 _MAX_FUSED_STEPS = 100  # 2**-steps stays a normal float32 number; beyond, svf is divided first
 
 

@@ -42,7 +42,11 @@ from regnet.ops._checks import MODE_CODE, PADDING_CODE
 
 SOURCE_GRID, SOURCE_DDF, SOURCE_AFFINE = 0, 1, 2
 BLOCK = 256
-NUM_WARPS = 4
+#: One voxel per thread. Chosen from ptxas's register counts (sm_90a, Triton 3.9; see
+#: docs/triton.md), not yet from GPU timings: at 4 warps (two voxels per thread) the float32
+#: backward kernels need 112-174 registers (2-4 blocks, 8-16 warps per SM); at 8 warps 64
+#: (4 blocks, 32 warps), and the forward kernels 40-48 instead of 72-80.
+NUM_WARPS = 8
 _INT_LIMIT = 2**31 - 1
 
 # Sizes are never specialised (a size of 1 would otherwise become a compile-time constant).
