@@ -94,7 +94,7 @@ def _pair_2d():
     return moving[None, None].double(), static[None, None].double()
 
 
-def test_runner_warms_up_captures_replays_and_clones():
+def test_runner_warms_up_captures_replays_and_clones(fake_cuda):
     calls = []
     weight = torch.nn.Parameter(torch.zeros(()))
     optimizer = torch.optim.SGD([weight], lr=0.1)
@@ -106,22 +106,9 @@ def test_runner_warms_up_captures_replays_and_clones():
         optimizer.step()
         return (loss.detach(),)
 
-    graphs = []
-
-    def capture(fn, opt):
-        opt.zero_grad(set_to_none=True)
-        graph = FakeGraph(fn, opt, fn())
-        graphs.append(graph)
-        return graph, graph.outputs
-
-    original = _graph._capture, _graph._on_side_stream
-    _graph._capture, _graph._on_side_stream = capture, lambda fn: fn()
-    try:
-        runner = _graph.IterationRunner(body, optimizer, graph=True)
-        losses = [runner()[0] for _ in range(8)]
-    finally:
-        _graph._capture, _graph._on_side_stream = original
-    assert len(graphs) == 1 and graphs[0].replays == 8 - _graph.WARMUP
+    runner = _graph.IterationRunner(body, optimizer, graph=True)
+    losses = [runner()[0] for _ in range(8)]
+    assert len(fake_cuda) == 1 and fake_cuda[0].replays == 8 - _graph.WARMUP
     assert len(calls) == 8  # one body run per iteration (warm-up, capture, replays)
     expected = [0.64**k for k in range(8)]  # w_k = 1 - 0.8**k
     assert torch.allclose(torch.stack(losses), torch.tensor(expected))
