@@ -16,8 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
-from regnet import ops
-from regnet.ops import _checks
+from regnet import _checks, ops
 
 
 def _label_maps(fn: str, pred, target) -> tuple[torch.Tensor, torch.Tensor]:

@@ -37,8 +37,8 @@ from collections.abc import Sequence
 
 import torch
 
+from regnet import _checks
 from regnet.losses._reduce import check_reduction, reduce
-from regnet.ops import _checks
 
 
 def _is_label_map(x: torch.Tensor) -> bool:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from regnet import _checks
 from regnet.losses._reduce import check_reduction, reduce
-from regnet.ops import _checks
 
 
 def mse(

@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from regnet import _checks
 from regnet.losses._reduce import check_reduction, reduce
-from regnet.ops import _checks
 from regnet.ops._constants import constant
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from regnet.ops import _checks
+from regnet import _checks
 from regnet.ops._backend import select
 from regnet.ops.warp import check_sampling
 

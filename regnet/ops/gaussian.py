@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch.autograd.function import once_differentiable
 
-from regnet.ops import _checks
+from regnet import _checks
 from regnet.ops._backend import select
 
 BOUNDARY_MODES = ("reflect", "nearest", "mirror", "wrap", "constant")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from regnet.ops import _broadcast, _checks
+from regnet import _checks
+from regnet.ops import _broadcast
 from regnet.ops._backend import select
 
 

@@ -8,7 +8,7 @@ import math
 import torch
 from torch.autograd.function import once_differentiable
 
-from regnet.ops import _checks
+from regnet import _checks
 from regnet.ops._backend import select
 
 KERNELS = ("gaussian", "b-spline")

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from regnet.ops import _checks
+from regnet import _checks
 from regnet.ops._backend import select
 from regnet.ops._constants import constant
 

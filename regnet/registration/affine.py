@@ -18,12 +18,11 @@ from collections.abc import Callable, Sequence
 import torch
 from torch.autograd.function import once_differentiable
 
-from regnet import ops
+from regnet import _checks, ops
 from regnet.losses import MSELoss
-from regnet.ops import _checks
 from regnet.ops import _torch as _reference
-from regnet.ops._torch.sampling import separable_affine_grid
 from regnet.ops._backend import select
+from regnet.ops._torch.sampling import separable_affine_grid
 from regnet.registration._common import LossLog, check_pair, cpu_threads_for, downsample, level_shape, make_optimizer
 from regnet.registration._graph import IterationRunner, graph_wanted
 

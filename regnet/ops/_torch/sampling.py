@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from regnet.ops._checks import MODE_CODE, PADDING_CODE
+from regnet.ops._modes import MODE_CODE, PADDING_CODE
 
 
 def _sampler(ndim: int):

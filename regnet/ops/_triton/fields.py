@@ -38,10 +38,10 @@ import triton
 import triton.language as tl
 
 from regnet.ops._backend import is_deterministic
-from regnet.ops._checks import MODE_CODE, PADDING_CODE
+from regnet.ops._modes import MODE_CODE, PADDING_CODE
 from regnet.ops._triton.sampling import (
-    SOURCE_DDF,
     _SIZE_ARGS,
+    SOURCE_DDF,
     _bilinear_corners,
     _bilinear_point_grad,
     _check_int32,

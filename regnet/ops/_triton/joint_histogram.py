@@ -30,6 +30,7 @@ returned in the input dtype.
 from __future__ import annotations
 
 import functools
+
 import torch
 import triton
 import triton.language as tl

@@ -38,7 +38,7 @@ import triton
 import triton.language as tl
 
 from regnet.ops._backend import is_deterministic
-from regnet.ops._checks import MODE_CODE, PADDING_CODE
+from regnet.ops._modes import MODE_CODE, PADDING_CODE
 
 SOURCE_GRID, SOURCE_DDF, SOURCE_AFFINE = 0, 1, 2
 BLOCK = 256

@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from regnet.ops._checks import MODE_CODE, PADDING_CODE
+from regnet.ops._modes import MODE_CODE, PADDING_CODE
 from regnet.ops._triton.sampling import (
     _SIZE_ARGS,
     _bilinear_corners,
