@@ -13,6 +13,7 @@ import math
 
 import torch
 
+from regnet.ops._grid import normalised_line
 from regnet.ops._modes import MODE_CODE, PADDING_CODE
 
 
@@ -52,11 +53,7 @@ def grid_sample_backward(grad, input, grid, mode, padding_mode, align_corners, n
 # --- affine grids ---------------------------------------------------------------------------
 
 def _linspace(steps: int, align_corners: bool, like: torch.Tensor) -> torch.Tensor:
-    """Normalised voxel centres along one axis, exactly as ATen's affine_grid_generator."""
-    if steps <= 1:
-        return torch.zeros(1, dtype=like.dtype, device=like.device)
-    line = torch.linspace(-1, 1, steps, dtype=like.dtype, device=like.device)
-    return line if align_corners else line * (steps - 1) / steps
+    return normalised_line(steps, align_corners, like.dtype, like.device)
 
 
 def base_grid(spatial, align_corners: bool, like: torch.Tensor) -> torch.Tensor:
