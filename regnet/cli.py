@@ -13,12 +13,12 @@ cuda``) or 1 (anything else); no traceback.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
 from regnet import __version__
+from regnet.pipeline.outdir import out_dir_problem
 
 PROG = "regnet"
 
@@ -147,7 +147,7 @@ def _cuda_missing(command: str, device: str) -> bool:
 
 def _failure(command: str, error: Exception) -> int:
     """Report an expected failure in one line; exit status 2 for a bad config, else 1."""
-    from regnet.pipeline import ConfigError
+    from regnet._checks import ConfigError
 
     message = _describe(error) if isinstance(error, OSError) else str(error)
     _error(command, message)
@@ -158,7 +158,7 @@ def _failure(command: str, error: Exception) -> int:
 
 def _run_register(args: argparse.Namespace, start: float) -> int:
     out = Path(args.out)
-    problem = _out_dir_problem(out)  # checked before the slow imports
+    problem = out_dir_problem(out)  # checked before the slow imports
     if problem:
         _error("register", problem)
         return 1
@@ -224,7 +224,7 @@ def _run_train(argv: list[str]) -> int:
 
 def _run_demo(args: argparse.Namespace, start: float) -> int:
     out = Path(args.out)
-    problem = _out_dir_problem(out)  # checked before the slow imports
+    problem = out_dir_problem(out)  # checked before the slow imports
     if problem:
         _error("demo", problem)
         return 1
@@ -238,23 +238,6 @@ def _run_demo(args: argparse.Namespace, start: float) -> int:
         return _failure("demo", error)
     print(_demo_summary(summary, summary_table(summary), time.perf_counter() - start))
     return 0
-
-
-def _out_dir_problem(out: Path) -> str | None:
-    """Why ``out`` cannot serve as the output folder, or ``None`` if it looks fine."""
-    if out.exists():
-        if not out.is_dir():
-            return f"output path '{out}' exists and is not a directory"
-        if not os.access(out, os.W_OK | os.X_OK):
-            return f"output folder '{out}' is not writable"
-    parent = out.absolute().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        return f"cannot create output folder '{out}': '{parent}' is not a directory"
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return f"cannot create output folder '{out}': '{parent}' is not writable"
-    return None
 
 
 def _describe(error: OSError) -> str:

@@ -47,15 +47,9 @@ import torch.nn.functional as F
 
 from regnet import __version__, ops
 from regnet.io import Image, load_image
-from regnet.pipeline import (
-    REPORT_NAME,
-    _device,
-    _write_report,
-    check_out_dir,
-    output_folder,
-    register_images,
-    write_outputs,
-)
+from regnet.pipeline.outdir import REPORT_NAME, check_out_dir, output_folder
+from regnet.pipeline.outputs import write_outputs, write_report
+from regnet.registration.world import check_device, register_images
 
 FIXED_2D = "r64slice.jpg"
 MOVING_2D = "r16slice.jpg"
@@ -135,7 +129,7 @@ def run_demo(out_dir="regnet-demo", device="cpu", verbose: bool = True, *, fast:
         each case) and ``out_dir``.
     """
     start = time.perf_counter()
-    dev = _device(device)
+    dev = check_device(device)
     check_out_dir(out_dir)
     configs = FAST_CONFIG if fast else DEMO_CONFIG
     reports: dict[str, dict] = {}
@@ -168,7 +162,7 @@ def run_demo(out_dir="regnet-demo", device="cpu", verbose: bool = True, *, fast:
             "cases": {name: _case_summary(name, r) for name, r in reports.items()},
             "time_s": {"total": time.perf_counter() - start},
         }
-        _write_report(tmp / REPORT_NAME, summary)
+        write_report(tmp / REPORT_NAME, summary)
     summary["reports"] = reports
     summary["out_dir"] = str(Path(out_dir).absolute())
     return summary
@@ -176,7 +170,7 @@ def run_demo(out_dir="regnet-demo", device="cpu", verbose: bool = True, *, fast:
 
 def _finish(report: dict, folder: Path, start: float) -> dict:
     report["time_s"]["total"] = time.perf_counter() - start
-    _write_report(folder / REPORT_NAME, report)
+    write_report(folder / REPORT_NAME, report)
     return report
 
 

@@ -295,3 +295,26 @@ def hausdorff95(
             values.append(max(_quantile(d_pt, q).item(), _quantile(d_tp, q).item()))
         result[label] = sum(values) / len(values) if values else math.nan
     return result
+
+
+# --- similarity of two images --------------------------------------------------------------
+
+#: FreeSurfer labels scored in brain registration (voxelmorph's list, 30 structures).
+SCORED_LABELS = (2, 3, 4, 7, 8, 10, 11, 12, 13, 14, 15, 16, 17, 18, 24, 28, 31, 41, 42, 43, 46, 47, 49, 50,
+                 51, 52, 53, 54, 60, 63)
+
+
+@torch.no_grad()
+def global_ncc(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Pearson correlation of all voxels of two images (float64); NaN for a constant image."""
+    a, b = a.double().flatten(), b.double().flatten()
+    a, b = a - a.mean(), b - b.mean()
+    denominator = float(a.norm() * b.norm())
+    return float((a * b).sum()) / denominator if denominator > 0 else math.nan
+
+
+@torch.no_grad()
+def mse(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean squared difference of all voxels of two images (float64)."""
+    return float(((a.double() - b.double()) ** 2).mean())
+

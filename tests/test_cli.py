@@ -224,12 +224,12 @@ def test_cli_demo_cuda_unavailable(tmp_path, capsys, monkeypatch):
 
 def test_failed_demo_leaves_nothing_behind(tmp_path, monkeypatch):
     import regnet.demo
-    import regnet.pipeline
+    import regnet.pipeline.outputs
 
     def broken(*args, **kwargs):
         raise RuntimeError("simulated failure while drawing")
 
-    monkeypatch.setattr(regnet.pipeline, "save_overview", broken)
+    monkeypatch.setattr(regnet.pipeline.outputs, "save_overview", broken)
 
     new = tmp_path / "new" / "out"  # a folder the run creates, parents included
     with pytest.raises(RuntimeError, match="simulated failure"):

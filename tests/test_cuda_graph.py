@@ -19,7 +19,7 @@ from regnet.losses import DiffusionLoss, LocalNCCLoss, MSELoss
 from regnet.ops import _backend
 from regnet.ops._constants import constant
 from regnet.registration import _graph
-from regnet.registration._common import resize_field
+from regnet.geometry import resize_field
 from regnet.registration.affine import AffineRegistration
 from regnet.registration.syn import SyNRegistration
 

@@ -256,12 +256,12 @@ def test_total_ddf_composes_matrix_and_syn():
 # --- output folder: atomic, replaced only on success ----------------------------------------
 
 def test_failed_run_leaves_no_folder(pngs, config, tmp_path, monkeypatch):
-    import regnet.pipeline
+    import regnet.pipeline.outputs
 
     def broken(*args, **kwargs):
         raise RuntimeError("simulated failure while drawing")
 
-    monkeypatch.setattr(regnet.pipeline, "save_overview", broken)
+    monkeypatch.setattr(regnet.pipeline.outputs, "save_overview", broken)
     fixed, moving = pngs
     before = _listing(tmp_path)
     with pytest.raises(RuntimeError, match="simulated failure"):

@@ -7,7 +7,7 @@ units and on other grids, and sampling at points of another frame.
 - :mod:`~regnet.geometry.matrices`: :func:`world_to_theta`, :func:`world_theta`,
   :func:`theta_to_world`, :func:`theta_to_voxel`, :func:`world_to_voxel`, :func:`square`;
 - :mod:`~regnet.geometry.fields`: :func:`matrix_to_ddf`, :func:`theta_to_ddf`,
-  :func:`resize_field`, :func:`ddf_to_world`, :func:`world_ddf_to_voxel`;
+  :func:`resize_field`, :func:`invert_ddf`, :func:`ddf_to_world`, :func:`world_ddf_to_voxel`;
 - :mod:`~regnet.geometry.resampling`: :func:`sample_at_voxels`, :func:`sample_at_world`,
   :func:`resample_to`, :func:`sampling_dtype`.
 
@@ -30,13 +30,21 @@ from regnet.geometry.coordinates import (
     voxel_grid,
     voxel_to_normalised,
 )
-from regnet.geometry.fields import ddf_to_world, matrix_to_ddf, resize_field, theta_to_ddf, world_ddf_to_voxel
+from regnet.geometry.fields import (
+    ddf_to_world,
+    invert_ddf,
+    matrix_to_ddf,
+    resize_field,
+    theta_to_ddf,
+    world_ddf_to_voxel,
+)
 from regnet.geometry.matrices import square, theta_to_voxel, theta_to_world, world_theta, world_to_theta, world_to_voxel
 from regnet.geometry.resampling import resample_to, sample_at_voxels, sample_at_world, sampling_dtype
 
 __all__ = [
     "apply_matrix",
     "ddf_to_world",
+    "invert_ddf",
     "matrix_to_ddf",
     "normalised_coordinates",
     "normalised_line",

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from regnet import _checks
+from regnet import _checks, ops
 from regnet.geometry.coordinates import apply_matrix, voxel_grid
 from regnet.geometry.matrices import theta_to_voxel
 from regnet.ops._constants import constant
 
-__all__ = ["ddf_to_world", "matrix_to_ddf", "resize_field", "theta_to_ddf", "world_ddf_to_voxel"]
+__all__ = ["ddf_to_world", "invert_ddf", "matrix_to_ddf", "resize_field", "theta_to_ddf", "world_ddf_to_voxel"]
 
 
 def matrix_to_ddf(matrix, shape: Sequence[int], ddf: torch.Tensor | None = None, *,
@@ -69,6 +69,19 @@ def resize_field(u: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     scale = scale.view(1, -1, *[1] * len(shape))
     mode = "trilinear" if len(shape) == 3 else "bilinear"
     return F.interpolate(u, size=tuple(shape), mode=mode, align_corners=True) * scale
+
+
+def invert_ddf(ddf: torch.Tensor, iterations: int = 30, padding_mode: str = "border") -> torch.Tensor:
+    """Numerical inverse of a DDF ``(B, ndim, *spatial)`` on its own grid, by fixed-point iteration.
+
+    Finds ``v`` with ``x + v(x) = y`` where ``y + u(y) = x``: ``v <- -warp(u, v)``, so that
+    ``warp(warp(img, u), v) ~= img`` where the inverse exists (invertible, ``|grad u|`` well
+    below 1 for the iteration to contract).
+    """
+    v = -ddf
+    for _ in range(iterations):
+        v = -ops.warp(ddf, v, mode="bilinear", padding_mode=padding_mode)
+    return v
 
 
 def _linear_part(fn: str, fixed_affine, ddf):

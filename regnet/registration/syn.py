@@ -1,24 +1,20 @@
 """Symmetric diffeomorphic registration (SyN-style) on regnet's ops, torchreg's interface.
 
 Two stationary velocity fields are optimised at once, ``v_xy`` on the moving side and
-``v_yx`` on the static side; each half-way map is ``exp(v)`` and the full maps are::
-
-    xy_full = compose(exp(v_xy), exp(-v_yx))   # static grid -> moving: warps moving onto static
-    yx_full = compose(exp(v_yx), exp(-v_xy))   # moving grid -> static: warps static onto moving
+``v_yx`` on the static side; the maps they define are :mod:`regnet.registration.syn_fields`'.
 
 **Objective.** ANTs' symmetric one: the two images are compared half-way,
 ``sim(moving o exp(v_xy), static o exp(v_yx)) + lambda_ * (reg(exp(v_xy)) + reg(exp(v_yx)))``.
 torchreg adds the two full-map terms ``sim(static, moving o xy_full) + sim(moving, static o
 yx_full)`` and regularises the full maps; that needs the two inverse exponentials and a
-composition in every iteration (2.1x the time) and was less accurate here (see the class
-docstring).
+composition in every iteration (2.1x the time) and was less accurate here
+(``docs/registration.md``).
 
 **Velocity grid.** The velocities live on a grid ``velocity_scale`` (2 in 2D, 1.5 in 3D)
 times coarser than each level's image grid; ``exp`` runs on that grid and its displacement is
 upsampled linearly to the images (in 3D the finest level is half resolution by default, as
-in ANTs' default SyN). The exponentials, the
-costly part (a 3D ``grid_sample`` forward and backward per squaring), then cost
-``velocity_scale ** ndim`` times less.
+in ANTs' default SyN). The exponentials, the costly part (a 3D ``grid_sample`` forward and
+backward per squaring), then cost ``velocity_scale ** ndim`` times less.
 
 All fields are regnet DDFs ``(B, ndim, *spatial)`` in voxels of the static grid (torchreg
 returns normalised, channel-last flows instead: ``flow_torchreg[..., k] = 2 * ddf[:, ndim - 1 -
@@ -28,31 +24,19 @@ k] / (n - 1)`` permuted to channel-last).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
-from regnet import ops
-from regnet.io.world import voxel_to_normalised
+from regnet import _checks, ops
+from regnet.geometry import matrix_to_ddf, resize_field, theta_to_voxel
 from regnet.losses import DiffusionLoss, LocalNCCLoss
-from regnet.registration._common import (
-    LossLog,
-    check_pair,
-    cpu_threads_for,
-    downsample,
-    level_shape,
-    make_optimizer,
-    resize_field,
-)
-from regnet.registration._graph import IterationRunner, graph_wanted
+from regnet.registration._graph import graph_wanted
+from regnet.registration._levels import LossLog, check_pair, cpu_threads_for, make_optimizer, run_level
+from regnet.registration._options import LevelOptions
+from regnet.registration._pyramid import downsample, level_shape
 from regnet.registration.affine import AffineRegistration
-
-
-def _as_levels(name: str, value, n: int, kind=float) -> list:
-    values = list(value) if isinstance(value, Sequence) else [value] * n
-    if len(values) != n:
-        raise ValueError(f"SyNRegistration: {name} must be one value or {n} values (one per scale), got {value!r}")
-    return [kind(v) for v in values]
+from regnet.registration.syn_fields import full_maps, half_maps
 
 
 def default_iterations(scales: Sequence[float], ndim: int) -> list[int]:
@@ -73,17 +57,19 @@ def default_iterations(scales: Sequence[float], ndim: int) -> list[int]:
 
 def default_velocity_scale(ndim: int) -> float:
     """2 in 2D (the full-resolution level runs, velocity every 2 pixels), 1.5 in 3D (the
-    finest level is half resolution: velocity every 3 voxels). Measured on the real
-    subject_a -> MNI152 pair (``scripts/bench_intersubject3d.py``, two threads, SyN
-    iterations 40x20x0): factor 2: white / cortical grey matter Dice 0.796 / 0.633 in 10.8 s;
-    1.5: 0.818 / 0.658 in 17.2 s; 1: 0.830 / 0.683 in 39.8 s; ANTsPy SyN: 0.782 / 0.634 in
-    45.3 s. On the synthetic 3D case (smooth deformation) 2 and 1.5 are alike (Dice 0.941 /
-    0.938); in 2D, 1.5 would be ~15% slower than ANTsPy SyN on some real pairs."""
+    finest level is half resolution: velocity every 3 voxels); measurements in
+    ``docs/registration.md``."""
     return 2.0 if ndim == 2 else 1.5
 
 
 class SyNRegistration:
     """Symmetric diffeomorphic registration of ``moving`` onto ``static``, 2D or 3D, batched.
+
+    Example::
+
+        syn = SyNRegistration(affine=True)
+        moved, moved_static, ddf, inverse_ddf = syn(moving, static)   # (B, C, ...), (B, ndim, ...)
+        labels_moved = syn.transform(labels, mode="nearest")
 
     Args (torchreg's, with regnet's defaults, plus ``velocity_scale``, ``tolerance``,
     ``check_every``):
@@ -119,33 +105,6 @@ class SyNRegistration:
     After ``__call__``: ``v_xy``, ``v_yx`` (velocities on the finest velocity grid, in its
     voxels), ``loss_history`` (per level), ``level_times`` (s). The transformation they
     define is ``resize_field(exp(v), static grid)`` (:meth:`fields`).
-
-    **Defaults and the measurement behind them** (CPU, one thread; the 3D case is
-    ``scripts/bench_registration.py``'s: ``brain3d/subject_a`` at 2 mm, 80 x 96 x 112,
-    deformed by a known random diffeomorphism; Dice over 30 labels, error of the recovered
-    displacement inside the brain; 2D: r16 -> r64 after regnet's affine, global NCC)::
-
-        objective, velocity grid, iterations              3D Dice  error   time   2D NCC  time
-        torchreg's 3 terms, image grid, (30, 20, 5)       0.875    0.70mm  31 s   0.9957  1.15 s
-        half-way only, image grid, (30, 20, 5)            0.886    0.68mm  15 s   0.9951  0.56 s
-        half-way only, image grid, (60, 40, 0)            0.894    0.64mm  9.5 s
-        half-way only, 2x coarser, (60, 40, 20)           0.941    0.40mm  12.5 s  0.9918  0.88 s
-        half-way only, 2x coarser, (30, 20, 5)                                     0.9908  0.36 s
-
-    (``sigma_flow=1`` instead of 1.5: Dice 0.914; ``learning_rate=0.5``: 0.835; ``time_steps=5``:
-    0.868.) The synthetic deformation is smooth; real pairs need finer fields: in 2D the
-    full-resolution level (velocity every 2 pixels) runs 5 iterations; in 3D the finest
-    level is half resolution (ANTs' default SyN likewise stops there) with a velocity every
-    3 voxels (:func:`default_velocity_scale`).
-
-    With these defaults, through ``regnet register --transform affine+syn`` (two threads):
-    the 3D case at full resolution (160 x 192 x 224) reaches Dice 0.939 and a displacement
-    error of 0.36 mm in 11.3 s (ANTsPy SyN: 0.918, 0.48 mm, 31.8 s); the real pair subject_a ->
-    MNI152 white / cortical grey matter Dice 0.818 / 0.658 in 14.8 s (ANTsPy SyN: 0.785 /
-    0.636, 44.9 s); the five real inter-subject pairs of ``brain2d`` global NCC 0.9887-0.9912
-    in 0.33-0.35 s (ANTsPy SyN: 0.9838-0.9870 in 0.42-0.53 s). See
-    ``scripts/bench_registration.py``, ``scripts/bench_intersubject3d.py`` and
-    ``scripts/bench_pairs2d.py``.
     """
 
     def __init__(
@@ -154,9 +113,9 @@ class SyNRegistration:
         iterations: Sequence[int] | int | None = None,
         learning_rate: float | Sequence[float] = 0.3,
         verbose: bool = True,
-        dissimilarity_function=None,
-        regularization_function=None,
-        optimizer=torch.optim.Adam,
+        dissimilarity_function: Callable | None = None,
+        regularization_function: Callable | None = None,
+        optimizer: Callable = torch.optim.Adam,
         sigma_img: float = 0.0,
         sigma_flow: float = 1.5,
         lambda_: float = 0.1,
@@ -164,34 +123,38 @@ class SyNRegistration:
         velocity_scale: float | None = None,
         tolerance: float = 1e-4,
         check_every: int = 10,
-        affine=False,
+        affine: bool | AffineRegistration = False,
         cuda_graph: bool | None = None,
     ) -> None:
-        if len(scales) == 0 or any(s <= 0 for s in scales):
-            raise ValueError(f"SyNRegistration: scales must be positive numbers, got {scales!r}")
-        if velocity_scale is not None and not velocity_scale >= 1:
-            raise ValueError(f"SyNRegistration: velocity_scale must be a number >= 1, got {velocity_scale!r}")
-        self.scales = [float(s) for s in scales]
-        self.iterations = None if iterations is None else _as_levels("iterations", iterations, len(scales), int)
-        self.learning_rates = _as_levels("learning_rate", learning_rate, len(scales))
-        self.verbose = verbose
-        self.dissimilarity_function = dissimilarity_function or LocalNCCLoss(kernel_size=9)
-        self.regularization_function = regularization_function or DiffusionLoss()
-        self.optimizer = optimizer
-        self.sigma_img = float(sigma_img)
-        self.sigma_flow = float(sigma_flow)
-        self.lambda_ = float(lambda_)
-        self.time_steps = int(time_steps)
+        fn = "SyNRegistration"
+        self.options = LevelOptions.check(fn, scales, iterations, learning_rate, verbose, optimizer, tolerance,
+                                          check_every, cuda_graph)
+        self.dissimilarity_function = _checks.callable_(
+            fn, "dissimilarity_function", dissimilarity_function or LocalNCCLoss(kernel_size=9), "callable(a, b)")
+        self.regularization_function = _checks.callable_(
+            fn, "regularization_function", regularization_function or DiffusionLoss(), "callable(ddf)")
+        self.sigma_img = _checks.number(fn, "sigma_img", sigma_img, low=0.0)
+        self.sigma_flow = _checks.number(fn, "sigma_flow", sigma_flow, low=0.0)
+        self.lambda_ = _checks.number(fn, "lambda_", lambda_, low=0.0)
+        self.time_steps = _checks.non_negative_int(fn, "time_steps", time_steps)
+        if velocity_scale is not None and not (_checks.is_positive(velocity_scale) and velocity_scale >= 1):
+            raise ValueError(f"{fn}: velocity_scale must be a number >= 1, got {velocity_scale!r}")
         self.velocity_scale = None if velocity_scale is None else float(velocity_scale)
-        self.tolerance = float(tolerance)
-        self.check_every = int(check_every)
-        if not (isinstance(affine, bool) or isinstance(affine, AffineRegistration)):
-            raise TypeError(f"SyNRegistration: affine must be a bool or an AffineRegistration, got {type(affine).__name__}")
+        if not isinstance(affine, (bool, AffineRegistration)):
+            raise TypeError(f"{fn}: affine must be a bool or an AffineRegistration, got {type(affine).__name__}")
         self.affine = affine
-        if cuda_graph is not None and not isinstance(cuda_graph, bool):
-            raise TypeError(f"SyNRegistration: cuda_graph must be None (auto), True or False, got {cuda_graph!r}")
-        self.cuda_graph = cuda_graph
         self.reset()
+
+    # --- options (torchreg's attribute names) ----------------------------------------------
+
+    scales = property(lambda self: self.options.scales)
+    iterations = property(lambda self: self.options.iterations)
+    learning_rates = property(lambda self: self.options.learning_rates)
+    verbose = property(lambda self: self.options.verbose)
+    optimizer = property(lambda self: self.options.optimizer)
+    tolerance = property(lambda self: self.options.tolerance)
+    check_every = property(lambda self: self.options.check_every)
+    cuda_graph = property(lambda self: self.options.cuda_graph)
 
     def reset(self) -> None:
         """Forget the fields of an earlier call."""
@@ -203,9 +166,7 @@ class SyNRegistration:
 
     # --- fields --------------------------------------------------------------------------
 
-    def _exp(self, v: torch.Tensor, shape) -> torch.Tensor:
-        """``exp(v)`` on ``v``'s grid, resized to ``shape`` (voxels of ``shape``)."""
-        return resize_field(ops.exp(v, self.time_steps, padding_mode="border"), shape)
+    # --- fields --------------------------------------------------------------------------
 
     def apply_flows(self, x, y, v_xy, v_yx):
         """Half-way and full images and fields for velocities ``v_xy``, ``v_yx`` (torchreg's
@@ -213,13 +174,10 @@ class SyNRegistration:
         coarser grid, see the class docstring). Returns ``(images, flows)`` dicts with keys
         ``xy_half, yx_half, xy_full, yx_full``."""
         batch = v_xy.shape[0]
-        half = self._exp(torch.cat([v_xy, v_yx, -v_xy, -v_yx]), x.shape[2:])  # one exp for all four
-        forward, backward = half[: 2 * batch], half[2 * batch:]
-        inverse_swapped = torch.cat([backward[batch:], backward[:batch]])  # exp(-v_yx), exp(-v_xy)
-        full = ops.compose(forward, inverse_swapped)  # xy_full, yx_full
-        images = ops.warp(torch.cat([x, y, x, y]), torch.cat([forward, full]))
+        half = resize_field(half_maps(v_xy, v_yx, self.time_steps), x.shape[2:])
+        fields = torch.cat([half[: 2 * batch], full_maps(half)])
+        images = ops.warp(torch.cat([x, y, x, y]), fields)
         names = ("xy_half", "yx_half", "xy_full", "yx_full")
-        fields = torch.cat([forward, full])
         return (
             {k: images[i * batch:(i + 1) * batch] for i, k in enumerate(names)},
             {k: fields[i * batch:(i + 1) * batch] for i, k in enumerate(names)},
@@ -308,7 +266,8 @@ class SyNRegistration:
         images_xy = torch.cat([x, y])
 
         def iteration():
-            half = self._exp(torch.cat([self._velocity(p_xy), self._velocity(p_yx)]), shape)
+            half = resize_field(ops.exp(torch.cat([self._velocity(p_xy), self._velocity(p_yx)]), self.time_steps,
+                                        padding_mode="border"), shape)
             moved = ops.warp(images_xy, half)
             loss = self.dissimilarity_function(moved[:batch], moved[batch:])
             if self.lambda_:
@@ -316,14 +275,9 @@ class SyNRegistration:
                 loss = loss + self.lambda_ * regulariser
             (loss * gradient_scale).backward()
             optimizer.step()
-            return (loss.detach(),)
+            return loss.detach(), None
 
-        runner = IterationRunner(iteration, optimizer, graph)
-        for i in range(iterations):
-            (loss,) = runner()
-            log.log(loss)
-            if (i + 1) % self.check_every == 0 and log.converged(self.check_every, self.tolerance):
-                break
+        run_level(iteration, optimizer, graph, log, iterations, self.check_every, self.tolerance)
         self.loss_history.append(log.values())
         with torch.no_grad():
             self.v_xy = self._velocity(p_xy.detach())
@@ -332,18 +286,14 @@ class SyNRegistration:
     # --- using the result ----------------------------------------------------------------
 
     def fields(self):
-        """``(ddf, inverse_ddf)`` on the static grid from the fitted velocities."""
+        """``(ddf, inverse_ddf)`` on the static grid from the fitted velocities (composed on the
+        velocity grid, then upsampled), including the affine part when there is one."""
         if self.v_xy is None:
             raise RuntimeError("SyNRegistration: call the registration before asking for its fields")
         with torch.no_grad(), cpu_threads_for(self.v_xy):
-            v_xy, v_yx = self.v_xy, self.v_yx
-            b = v_xy.shape[0]
-            half = ops.exp(torch.cat([v_xy, v_yx, -v_xy, -v_yx]), self.time_steps, padding_mode="border")
-            forward = half[: 2 * b]
-            inverse_swapped = torch.cat([half[3 * b:], half[2 * b: 3 * b]])
-            full = ops.compose(forward, inverse_swapped)
-            full = resize_field(full, self._static_shape)
-            ddf, inverse = full[:b], full[b:]
+            full = resize_field(full_maps(half_maps(self.v_xy, self.v_yx, self.time_steps)), self._static_shape)
+            batch = self.v_xy.shape[0]
+            ddf, inverse = full[:batch], full[batch:]
             if self.theta is not None:
                 ddf, inverse = self._with_affine(ddf, inverse)
         return ddf, inverse
@@ -352,23 +302,10 @@ class SyNRegistration:
         """Total fields of ``x -> A (x + ddf(x))`` and its inverse ``y -> z + inverse(z)``,
         ``z = A^-1 y``, with ``A`` the affine stage's map in voxels of the (common) grid."""
         shape = self._static_shape
-        ndim = len(shape)
-        to_normalised = torch.as_tensor(voxel_to_normalised(shape, self._affine_align_corners), dtype=torch.float64,
-                                        device=ddf.device)
-        square = torch.eye(ndim + 1, dtype=torch.float64, device=ddf.device).repeat(ddf.shape[0], 1, 1)
-        square[:, :ndim] = self.theta.double()
-        voxel_map = torch.linalg.inv(to_normalised) @ square @ to_normalised  # (B, ndim+1, ndim+1)
-        identity = torch.stack(torch.meshgrid(
-            *[torch.arange(n, dtype=torch.float64, device=ddf.device) for n in shape], indexing="ij"))[None]
-
-        def apply(matrix, points):  # (B, ndim+1, ndim+1) on (B, ndim, *shape)
-            out = torch.einsum("bij,bj...->bi...", matrix[:, :ndim, :ndim], points)
-            return out + matrix[:, :ndim, ndim].reshape(-1, ndim, *[1] * ndim)
-
-        total = (apply(voxel_map, identity + ddf.double()) - identity).to(ddf.dtype)
-        to_static = (apply(torch.linalg.inv(voxel_map), identity) - identity).to(ddf.dtype)
-        total_inverse = ops.compose(inverse, to_static)
-        return total, total_inverse
+        voxel_map = theta_to_voxel(self.theta.double(), shape, align_corners=self._affine_align_corners)
+        total = matrix_to_ddf(voxel_map, shape, ddf.double()).to(ddf.dtype)
+        to_static = matrix_to_ddf(torch.linalg.inv(voxel_map), shape).to(ddf.dtype)
+        return total, ops.compose(inverse, to_static)
 
     def transform(self, image, direction: str = "forward", mode: str = "bilinear"):
         """Warp ``image`` ``(B, C, *spatial)``: ``"forward"`` maps a moving-space image onto

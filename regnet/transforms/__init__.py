@@ -48,15 +48,8 @@ from regnet.transforms.fields import (
     warp_image,
 )
 from regnet.transforms.random import RandSVFDeform, RandSVFDeformd, random_velocity
-from regnet.transforms.registration import (
-    RegisterAffined,
-    RegisterAffineSyNd,
-    RegisterImages,
-    RegisterImagesd,
-    RegisterSyNd,
-    RegistrationResult,
-    apply_registration,
-)
+from regnet.transforms.registration import RegisterImages, RegistrationResult, apply_registration
+from regnet.transforms.registration_dict import RegisterAffined, RegisterAffineSyNd, RegisterImagesd, RegisterSyNd
 
 __all__ = [
     "ComposeDDF",

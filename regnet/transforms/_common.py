@@ -1,5 +1,6 @@
-"""Helpers shared by the regnet MONAI transforms: argument checks, MetaTensor in/out, world
-geometry of channel-first MetaTensors, sampling at world points, numerical field inversion.
+"""Helpers shared by the regnet MONAI transforms: MetaTensor in/out, the world affine of
+channel-first MetaTensors, and the inverse of a warping dictionary transform. Argument checks
+are :mod:`regnet._checks`' and coordinate maths :mod:`regnet.geometry`'s.
 
 Array layouts here are MONAI's (no batch dimension): images ``(C, *spatial)``, fields
 ``(ndim, *spatial)`` in voxels (regnet convention, ``docs/conventions.md``).
@@ -8,7 +9,6 @@ Array layouts here are MONAI's (no batch dimension): images ``(C, *spatial)``, f
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Hashable, Sequence
 
 import numpy as np
@@ -18,11 +18,11 @@ from monai.data.utils import to_affine_nd
 from monai.utils import ensure_tuple
 from monai.utils.enums import TraceKeys
 
-from regnet import ops
-from regnet.io import voxel_to_normalised
+from regnet import _checks
+from regnet.geometry import invert_ddf
 
-SAMPLING_MODES = ("bilinear", "nearest")
-PADDING_MODES = ("zeros", "border", "reflection")
+SAMPLING_MODES = _checks.SAMPLING_MODES
+PADDING_MODES = _checks.PADDING_MODES
 
 
 def where(fn: str, key: Hashable | None = None, name: str = "img") -> str:
@@ -31,65 +31,6 @@ def where(fn: str, key: Hashable | None = None, name: str = "img") -> str:
 
 
 # --- argument checks ------------------------------------------------------------------------
-
-def check_choice(fn: str, name: str, value, choices: Sequence[str]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{fn}: {name} must be one of {tuple(choices)}, got {value!r}")
-    return value
-
-
-def per_key(fn: str, name: str, value, keys: Sequence[Hashable], choices: Sequence[str]) -> tuple[str, ...]:
-    """One option per key: a str (shared) or a sequence with one entry per key."""
-    if isinstance(value, str):
-        values = (value,) * len(keys)
-    else:
-        try:
-            values = tuple(value)
-        except TypeError:
-            raise TypeError(f"{fn}: {name} must be a str or a sequence of str (one per key), got {value!r}") from None
-        if len(values) == 1:
-            values = values * len(keys)
-        if len(values) != len(keys):
-            raise ValueError(f"{fn}: {name} must be one value or {len(keys)} values (one per key in "
-                             f"{list(keys)}), got {len(values)}: {value!r}")
-    for v in values:
-        check_choice(fn, name, v, choices)
-    return values
-
-
-def check_number(fn: str, name: str, value, low: float | None = None, low_open: bool = False,
-                 high: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{fn}: {name} must be a number, got {type(value).__name__} {value!r}")
-    value = float(value)
-    ok = math.isfinite(value)
-    if low is not None:
-        ok = ok and (value > low if low_open else value >= low)
-    if high is not None:
-        ok = ok and value <= high
-    if not ok:
-        bounds = []
-        if low is not None:
-            bounds.append(f"{'>' if low_open else '>='} {low:g}")
-        if high is not None:
-            bounds.append(f"<= {high:g}")
-        raise ValueError(f"{fn}: {name} must be a finite number {' and '.join(bounds)}, got {value!r}")
-    return value
-
-
-def check_steps(fn: str, steps) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
-        raise ValueError(f"{fn}: steps must be a non-negative int, got {steps!r}")
-    return int(steps)
-
-
-def check_key(fn: str, name: str, key, optional: bool = False):
-    if key is None and optional:
-        return None
-    if not isinstance(key, Hashable) or key is None:
-        raise TypeError(f"{fn}: {name} must be a dictionary key (e.g. a str), got {key!r}")
-    return key
-
 
 def output_keys(fn: str, keys: Sequence[Hashable], output_keys) -> tuple[Hashable, ...]:
     """``None`` -> ``keys`` (in place), else one output key per key."""
@@ -163,16 +104,6 @@ def check_field(name: str, x, spatial: Sequence[int] | None = None) -> torch.Ten
     return x
 
 
-def sampling_dtype(x: torch.Tensor, mode: str) -> torch.dtype:
-    """float32/float64 data keep their dtype; integers sample in float64 with ``nearest`` (exact
-    labels) and float32 with ``bilinear``; half precision in float32."""
-    if x.dtype in (torch.float32, torch.float64):
-        return x.dtype
-    if not x.is_floating_point() and mode == "nearest":
-        return torch.float64
-    return torch.float32
-
-
 def output_dtype(x: torch.Tensor, mode: str, computed: torch.dtype) -> torch.dtype:
     """``nearest`` keeps the input dtype (label values); ``bilinear`` keeps float dtypes and
     gives float32 for integer input."""
@@ -230,45 +161,6 @@ def same_grid_output(data: torch.Tensor, source) -> torch.Tensor:
 
 
 # --- geometry -------------------------------------------------------------------------------
-
-def voxel_grid(shape: Sequence[int], device, dtype=torch.float64) -> torch.Tensor:
-    """Voxel indices ``(ndim, *shape)``."""
-    axes = [torch.arange(n, dtype=dtype, device=device) for n in shape]
-    return torch.stack(torch.meshgrid(*axes, indexing="ij"))
-
-
-def apply_matrix(matrix, points: torch.Tensor) -> torch.Tensor:
-    """``(ndim+1)`` square ``matrix`` applied to points ``(ndim, *spatial)`` (float64)."""
-    ndim = points.shape[0]
-    m = torch.as_tensor(np.asarray(matrix, dtype=np.float64), device=points.device)
-    out = torch.einsum("ij,j...->i...", m[:ndim, :ndim], points)
-    return out + m[:ndim, ndim].view(ndim, *[1] * ndim)
-
-
-def sample_at_voxels(image: torch.Tensor, points: torch.Tensor, mode: str, padding_mode: str) -> torch.Tensor:
-    """Sample ``image`` ``(C, *in_spatial)`` at voxel positions ``points`` ``(ndim, *out_spatial)``
-    (float64, voxels of ``image``; ``align_corners=True``) -> ``(C, *out_spatial)`` in the
-    sampling dtype of ``image`` (:func:`sampling_dtype`)."""
-    dtype = sampling_dtype(image, mode)
-    data = plain(image).to(points.device, dtype)
-    normalised = apply_matrix(voxel_to_normalised(tuple(image.shape[1:]), True), points)
-    grid = normalised.movedim(0, -1)[None].to(dtype)
-    return ops.grid_sample(data[None], grid, mode=mode, padding_mode=padding_mode, align_corners=True)[0]
-
-
-def invert_ddf(ddf: torch.Tensor, iterations: int = 30, padding_mode: str = "border") -> torch.Tensor:
-    """Numerical inverse of a DDF on its own grid by fixed-point iteration.
-
-    Finds ``v`` with ``x + v(x) = y`` where ``y + u(y) = x``: ``v <- -warp(u, v)``, so that
-    ``warp(warp(img, u), v) ~= img`` where the inverse exists (invertible, |grad u| well below 1 per
-    iteration's contraction). ``ddf`` ``(B, ndim, *spatial)``.
-    """
-    u = ddf
-    v = -u
-    for _ in range(iterations):
-        v = -ops.warp(u, v, mode="bilinear", padding_mode=padding_mode)
-    return v
-
 
 def spatial_shape(x: torch.Tensor) -> tuple[int, ...]:
     return tuple(int(s) for s in x.shape[1:])

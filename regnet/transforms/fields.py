@@ -13,26 +13,21 @@ from monai.config import KeysCollection
 from monai.transforms import InvertibleTransform, MapTransform, Transform
 from monai.utils import TransformBackends
 
-from regnet import ops
+from regnet import _checks, geometry, ops
 from regnet.metrics import jacobian_stats
 from regnet.transforms._common import (
-    PADDING_MODES,
-    SAMPLING_MODES,
-    check_choice,
     check_field,
     check_image,
-    check_key,
-    check_steps,
     device_of,
     output_dtype,
-    output_keys as resolve_output_keys,
-    per_key,
     plain,
     same_grid_output,
-    sampling_dtype,
     spatial_shape,
     warp_back,
     where,
+)
+from regnet.transforms._common import (
+    output_keys as resolve_output_keys,
 )
 
 __all__ = [
@@ -66,12 +61,12 @@ def warp_image(img, ddf, mode: str = "bilinear", padding_mode: str = "border", d
         when ``img`` is one. Float inputs keep their dtype, integer inputs give float32 with
         ``bilinear``.
     """
-    check_choice(name.split(":")[0], "mode", mode, SAMPLING_MODES)
-    check_choice(name.split(":")[0], "padding_mode", padding_mode, PADDING_MODES)
+    _checks.string_choice(name.split(":")[0], "mode", mode, _checks.SAMPLING_MODES)
+    _checks.string_choice(name.split(":")[0], "padding_mode", padding_mode, _checks.PADDING_MODES)
     img = check_image(name, img)
     ddf = check_field(ddf_name, ddf, spatial_shape(img))
     dev = device_of(device, img.device)
-    dtype = sampling_dtype(img, mode)
+    dtype = geometry.sampling_dtype(img, mode)
     x = plain(img).to(dev, dtype)[None]
     u = plain(ddf).to(dev, dtype)[None]
     out = ops.warp(x, u, mode=mode, padding_mode=padding_mode)[0]
@@ -95,8 +90,8 @@ class Warp(Transform):
     backend = [TransformBackends.TORCH]
 
     def __init__(self, mode: str = "bilinear", padding_mode: str = "border", device=None) -> None:
-        self.mode = check_choice("Warp", "mode", mode, SAMPLING_MODES)
-        self.padding_mode = check_choice("Warp", "padding_mode", padding_mode, PADDING_MODES)
+        self.mode = _checks.string_choice("Warp", "mode", mode, _checks.SAMPLING_MODES)
+        self.padding_mode = _checks.string_choice("Warp", "padding_mode", padding_mode, _checks.PADDING_MODES)
         self.device = device
 
     def __call__(self, img, ddf, mode: str | None = None, padding_mode: str | None = None) -> torch.Tensor:
@@ -130,12 +125,12 @@ class Warpd(MapTransform, InvertibleTransform):
                  inverse_ddf_key: Hashable | None = None, device=None, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         name = type(self).__name__
-        self.ddf_key = check_key(name, "ddf_key", ddf_key)
-        self.inverse_ddf_key = check_key(name, "inverse_ddf_key", inverse_ddf_key, optional=True)
+        self.ddf_key = _checks.key(name, "ddf_key", ddf_key)
+        self.inverse_ddf_key = _checks.key(name, "inverse_ddf_key", inverse_ddf_key, optional=True)
         if self.ddf_key in self.keys:
             raise ValueError(f"{name}: ddf_key {self.ddf_key!r} must not be one of the keys to warp {list(self.keys)}")
-        self.mode = per_key(name, "mode", mode, self.keys, SAMPLING_MODES)
-        self.padding_mode = per_key(name, "padding_mode", padding_mode, self.keys, PADDING_MODES)
+        self.mode = _checks.per_key(name, "mode", mode, self.keys, _checks.SAMPLING_MODES)
+        self.padding_mode = _checks.per_key(name, "padding_mode", padding_mode, self.keys, _checks.PADDING_MODES)
         self.device = device
 
     def _field(self, d: Mapping, key: Hashable) -> torch.Tensor | None:
@@ -190,9 +185,9 @@ class ExpSVF(Transform):
     backend = [TransformBackends.TORCH]
 
     def __init__(self, steps: int = 7, mode: str = "bilinear", padding_mode: str = "zeros", device=None) -> None:
-        self.steps = check_steps("ExpSVF", steps)
-        self.mode = check_choice("ExpSVF", "mode", mode, SAMPLING_MODES)
-        self.padding_mode = check_choice("ExpSVF", "padding_mode", padding_mode, PADDING_MODES)
+        self.steps = _checks.non_negative_int("ExpSVF", "steps", steps)
+        self.mode = _checks.string_choice("ExpSVF", "mode", mode, _checks.SAMPLING_MODES)
+        self.padding_mode = _checks.string_choice("ExpSVF", "padding_mode", padding_mode, _checks.PADDING_MODES)
         self.device = device
 
     def __call__(self, svf) -> torch.Tensor:
@@ -256,8 +251,8 @@ class ComposeDDF(Transform):
     backend = [TransformBackends.TORCH]
 
     def __init__(self, mode: str = "bilinear", padding_mode: str = "border", device=None) -> None:
-        self.mode = check_choice("ComposeDDF", "mode", mode, SAMPLING_MODES)
-        self.padding_mode = check_choice("ComposeDDF", "padding_mode", padding_mode, PADDING_MODES)
+        self.mode = _checks.string_choice("ComposeDDF", "mode", mode, _checks.SAMPLING_MODES)
+        self.padding_mode = _checks.string_choice("ComposeDDF", "padding_mode", padding_mode, _checks.PADDING_MODES)
         self.device = device
 
     def __call__(self, u1, u2) -> torch.Tensor:
@@ -284,7 +279,7 @@ class ComposeDDFd(MapTransform):
         name = type(self).__name__
         if len(self.keys) != 2:
             raise ValueError(f"{name}: keys must be exactly two DDF keys (u1, u2), got {list(self.keys)}")
-        self.output_key = check_key(name, "output_key", output_key)
+        self.output_key = _checks.key(name, "output_key", output_key)
         self.compose = ComposeDDF(mode, padding_mode, device)
 
     def __call__(self, data: Mapping) -> dict:

@@ -21,18 +21,11 @@ from monai.config import KeysCollection
 from monai.transforms import InvertibleTransform, MapTransform, RandomizableTransform
 from monai.utils import TransformBackends
 
-from regnet import ops
+from regnet import _checks, ops
 from regnet.transforms._common import (
-    PADDING_MODES,
-    SAMPLING_MODES,
-    check_choice,
     check_image,
-    check_key,
-    check_number,
-    check_steps,
     device_of,
     like,
-    per_key,
     spatial_shape,
     warp_back,
     where,
@@ -62,10 +55,10 @@ def random_velocity(R: np.random.RandomState, shape: Sequence[int], magnitude: f
 
 
 def _check_options(fn: str, prob, magnitude, sigma, steps) -> tuple[float, float, float, int]:
-    prob = check_number(fn, "prob", prob, 0.0, high=1.0)
-    magnitude = check_number(fn, "magnitude", magnitude, 0.0)
-    sigma = check_number(fn, "sigma", sigma, 0.0)
-    return prob, magnitude, sigma, check_steps(fn, steps)
+    prob = _checks.number(fn, "prob", prob, low=0.0, high=1.0)
+    magnitude = _checks.number(fn, "magnitude", magnitude, low=0.0)
+    sigma = _checks.number(fn, "sigma", sigma, low=0.0)
+    return prob, magnitude, sigma, _checks.non_negative_int(fn, "steps", steps)
 
 
 def _exp(v: torch.Tensor, steps: int) -> torch.Tensor:
@@ -94,8 +87,8 @@ class RandSVFDeform(RandomizableTransform):
         fn = type(self).__name__
         prob, self.magnitude, self.sigma, self.steps = _check_options(fn, prob, magnitude, sigma, steps)
         RandomizableTransform.__init__(self, prob)
-        self.mode = check_choice(fn, "mode", mode, SAMPLING_MODES)
-        self.padding_mode = check_choice(fn, "padding_mode", padding_mode, PADDING_MODES)
+        self.mode = _checks.string_choice(fn, "mode", mode, _checks.SAMPLING_MODES)
+        self.padding_mode = _checks.string_choice(fn, "padding_mode", padding_mode, _checks.PADDING_MODES)
         self.device = device
         self.velocity: torch.Tensor | None = None
         self.ddf: torch.Tensor | None = None
@@ -182,10 +175,10 @@ class RandSVFDeformd(RandomizableTransform, MapTransform, InvertibleTransform):
         MapTransform.__init__(self, keys, allow_missing_keys)
         prob, self.magnitude, self.sigma, self.steps = _check_options(fn, prob, magnitude, sigma, steps)
         RandomizableTransform.__init__(self, prob)
-        self.mode = per_key(fn, "mode", mode, self.keys, SAMPLING_MODES)
-        self.padding_mode = per_key(fn, "padding_mode", padding_mode, self.keys, PADDING_MODES)
-        self.ddf_key = check_key(fn, "ddf_key", ddf_key)
-        self.inverse_ddf_key = check_key(fn, "inverse_ddf_key", inverse_ddf_key, optional=True)
+        self.mode = _checks.per_key(fn, "mode", mode, self.keys, _checks.SAMPLING_MODES)
+        self.padding_mode = _checks.per_key(fn, "padding_mode", padding_mode, self.keys, _checks.PADDING_MODES)
+        self.ddf_key = _checks.key(fn, "ddf_key", ddf_key)
+        self.inverse_ddf_key = _checks.key(fn, "inverse_ddf_key", inverse_ddf_key, optional=True)
         for name, key in (("ddf_key", self.ddf_key), ("inverse_ddf_key", self.inverse_ddf_key)):
             if key is not None and key in self.keys:
                 raise ValueError(f"{fn}: {name} {key!r} must not be one of the keys to deform {list(self.keys)}")

@@ -1,21 +1,30 @@
-"""Pieces shared by the iterative registrations: input checks, image pyramids, and a loss
-log that keeps the optimisation free of host synchronisation.
+"""The skeleton of an iterative registration: input checks, one optimisation level, the loss log.
+
+Every registration class runs its pyramid levels through :func:`run_level`: an iteration body
+(forward, backward, optimiser step; returns ``(loss, per_item_losses or None)``) called up to
+``iterations`` times, eagerly or replayed from a CUDA graph (:mod:`._graph`), with the early
+stop of :meth:`LossLog.converged` tested every ``check`` iterations.
 
 The loss of every iteration stays on the device (a detached 0-d tensor); the host reads
 values only when the progress bar refreshes (every ``refresh`` iterations) or a convergence
-check runs (every ``check_every`` iterations), and once at the end of a level.
+check runs (every ``check`` iterations), and once at the end of a level.
+
+Example::
+
+    >>> log = LossLog(total=100, description="level 1", verbose=False)
+    >>> run_level(body, optimizer, graph=False, log=log, iterations=100, check=10, tolerance=1e-4)
+    >>> history = log.values()     # the level's losses as floats (one host sync)
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
-from regnet import ops
-from regnet.ops._constants import constant
+from regnet import _checks
+from regnet.registration._graph import IterationRunner
 
 
 def check_pair(fn: str, moving, static) -> None:
@@ -39,8 +48,7 @@ def check_pair(fn: str, moving, static) -> None:
             f"must share one dtype and device"
         )
     for name, x in (("moving", moving), ("static", static)):
-        if not bool(torch.isfinite(x).all()):  # one host sync per registration, before the loop
-            raise ValueError(f"{fn}: {name} contains NaN or infinite values")
+        _checks.finite(fn, name, x)  # one host sync per registration, before the loop
 
 
 #: Below this many voxels per image a CPU registration runs on one thread (see
@@ -87,45 +95,6 @@ def make_optimizer(optimizer, params: list, lr: float, capturable: bool = False)
         except TypeError:
             pass
     return optimizer(params, lr)
-
-
-def interp_mode(ndim: int) -> str:
-    return "trilinear" if ndim == 3 else "bilinear"
-
-
-def resize(x: torch.Tensor, shape: Sequence[int], align_corners: bool = True) -> torch.Tensor:
-    """Linear resize of ``(B, C, *spatial)`` to ``shape`` (corner voxels aligned by default;
-    ``align_corners=False`` aligns the image extents instead)."""
-    if tuple(x.shape[2:]) == tuple(shape):
-        return x
-    return F.interpolate(x, size=tuple(shape), mode=interp_mode(x.dim() - 2), align_corners=align_corners)
-
-
-def level_shape(shape: Sequence[int], scale: float) -> tuple[int, ...]:
-    """Spatial shape of a pyramid level ``scale`` times coarser (at least 4 voxels per axis)."""
-    return tuple(max(4, round(s / scale)) for s in shape)
-
-
-def downsample(x: torch.Tensor, shape: Sequence[int], align_corners: bool = True) -> torch.Tensor:
-    """Anti-aliased downsampling: Gaussian smoothing with sigma ``0.5 * factor`` voxels per
-    axis (factor = old / new size; none where the factor is <= 1), then a linear resize
-    (``align_corners`` as in :func:`resize`)."""
-    factors = [old / new for old, new in zip(x.shape[2:], shape)]
-    sigma = [0.5 * f if f > 1 else 0.0 for f in factors]
-    if any(s > 0 for s in sigma):
-        x = ops.gaussian_smooth(x, sigma, mode="nearest")
-    return resize(x, shape, align_corners)
-
-
-def resize_field(u: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """Resize a voxel-unit field ``(B, ndim, *spatial)`` to ``shape``, rescaling each
-    channel to the new voxel size (corner voxels aligned: ``(new - 1) / (old - 1)``)."""
-    old = u.shape[2:]
-    if tuple(old) == tuple(shape):
-        return u
-    scale = constant([(n - 1) / max(o - 1, 1) for o, n in zip(old, shape)], u.dtype, u.device)
-    scale = scale.view(1, -1, *[1] * len(shape))
-    return resize(u, shape) * scale
 
 
 class LossLog:
@@ -176,3 +145,19 @@ class LossLog:
         if not self.losses:
             return []
         return torch.stack(self.losses).cpu().tolist()
+
+
+def run_level(body: Callable[[], tuple], optimizer: torch.optim.Optimizer, graph: bool, log: LossLog,
+              iterations: int, check: int, tolerance: float) -> int:
+    """Run one pyramid level: ``body()`` up to ``iterations`` times (eagerly, or replayed from
+    a CUDA graph when ``graph``), logging ``(loss, items)``; every ``check`` iterations stop
+    when the windowed loss improved by less than ``tolerance`` (relative). Returns the number
+    of iterations run."""
+    runner = IterationRunner(body, optimizer, graph)
+    done = 0
+    for done in range(1, iterations + 1):
+        loss, items = runner()
+        log.log(loss, items)
+        if done % check == 0 and done < iterations and log.converged(check, tolerance):
+            break
+    return done
