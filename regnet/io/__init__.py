@@ -1,16 +1,20 @@
-"""Images on disk with world affines, displacement fields and affine transform files.
+"""File formats: images with their world affines, displacement fields and affine transform files.
 
-- :mod:`regnet.io.image`: :func:`load_image` / :func:`save_image` (NIfTI, PNG/JPEG/TIFF),
-  :func:`save_ddf` / :func:`load_ddf` (ITK/ANTs displacement fields),
-  :func:`save_affine` / :func:`load_affine` (``affine.txt``).
-- :mod:`regnet.io.world`: geometry between two grids (world-space ``theta``, resampling
-  through the headers, world <-> voxel displacement fields).
+- :mod:`regnet.io.image`: :class:`Image`, :func:`load_image` / :func:`save_image` (dispatch to
+  :mod:`regnet.io.nifti`, NIfTI 2D/3D with channels, and :mod:`regnet.io.pictures`,
+  PNG/JPEG/TIFF);
+- :mod:`regnet.io.displacement`: :func:`save_ddf` / :func:`load_ddf` (ITK/ANTs displacement
+  fields, world mm, LPS);
+- :mod:`regnet.io.affine_text`: :func:`save_affine` / :func:`load_affine` (``affine.txt``).
+
+Geometry between two grids (world-space ``theta``, resampling through the headers, world <->
+voxel displacement fields) lives in :mod:`regnet.geometry`; its file-facing functions are
+re-exported here (``from regnet.io import resample_to`` keeps working).
 
 See ``docs/conventions.md``, "Files and world space".
 """
 
-from regnet.io.image import Image, load_affine, load_ddf, load_image, save_affine, save_ddf, save_image
-from regnet.io.world import (
+from regnet.geometry import (
     ddf_to_world,
     resample_to,
     theta_to_world,
@@ -19,6 +23,9 @@ from regnet.io.world import (
     world_theta,
     world_to_theta,
 )
+from regnet.io.affine_text import load_affine, save_affine
+from regnet.io.displacement import load_ddf, save_ddf
+from regnet.io.image import Image, load_image, save_image
 
 __all__ = [
     "Image",

@@ -7,7 +7,7 @@ and :mod:`regnet.lightning.cli` (``regnet train``, a ``LightningCLI``). Needs th
 extra (``pytorch-lightning``, ``jsonargparse[signatures]``). See ``docs/lightning.md``.
 """
 
-from regnet.lightning._checks import ConfigError
+from regnet._checks import ConfigError
 from regnet.lightning.data import PairDataModule
 from regnet.lightning.module import RegistrationModule
 

@@ -22,7 +22,7 @@ import warnings
 
 from pytorch_lightning.cli import LightningCLI
 
-from regnet.lightning._checks import ConfigError
+from regnet._checks import ConfigError
 from regnet.lightning.data import PairDataModule
 from regnet.lightning.module import RegistrationModule
 

@@ -18,10 +18,11 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from regnet import metrics, ops
-from regnet.lightning._checks import ConfigError, choice, integer, number
+from regnet import _checks, metrics, ops
+from regnet._checks import ConfigError
+from regnet.geometry import theta_to_ddf
 from regnet.lightning.evaluation import label_metrics, overview_figure, warp_labels
-from regnet.lightning.networks import BACKBONES, AffineHead, FlowBackbone, theta_to_ddf
+from regnet.lightning.networks import BACKBONES, AffineHead, FlowBackbone
 from regnet.lightning.objective import RegistrationObjective, as_masks
 
 TRANSFORMS = ("svf", "ddf")
@@ -91,16 +92,16 @@ class RegistrationModule(pl.LightningModule):
         owner = "RegistrationModule"
         if ndim not in (2, 3) or isinstance(ndim, bool):
             raise ConfigError(f"{owner}: ndim must be 2 or 3, got {ndim!r}")
-        integer(owner, "image_channels", image_channels, minimum=1)
-        choice(owner, "backbone", backbone, BACKBONES)
-        choice(owner, "transform", transform, TRANSFORMS)
-        integer(owner, "integration_steps", integration_steps, minimum=0)
-        choice(owner, "affine", affine, AFFINE_MODES)
-        integer(owner, "prealign_iterations", prealign_iterations, minimum=1)
-        number(owner, "lr", lr, positive=True)
-        number(owner, "weight_decay", weight_decay, minimum=0.0)
-        integer(owner, "instance_steps", instance_steps, minimum=0)
-        number(owner, "instance_lr", instance_lr, positive=True)
+        _checks.integer(owner, "image_channels", image_channels, low=1, error=ConfigError)
+        _checks.string_choice(owner, "backbone", backbone, BACKBONES, error=ConfigError)
+        _checks.string_choice(owner, "transform", transform, TRANSFORMS, error=ConfigError)
+        _checks.integer(owner, "integration_steps", integration_steps, low=0, error=ConfigError)
+        _checks.string_choice(owner, "affine", affine, AFFINE_MODES, error=ConfigError)
+        _checks.integer(owner, "prealign_iterations", prealign_iterations, low=1, error=ConfigError)
+        _checks.number(owner, "lr", lr, low=0.0, low_open=True, error=ConfigError)
+        _checks.number(owner, "weight_decay", weight_decay, low=0.0, error=ConfigError)
+        _checks.integer(owner, "instance_steps", instance_steps, low=0, error=ConfigError)
+        _checks.number(owner, "instance_lr", instance_lr, low=0.0, low_open=True, error=ConfigError)
         if similarity is None:
             similarity = {"lncc": 1.0}
         if regularisation is None:

@@ -3,7 +3,8 @@
 Every backbone maps the concatenated pair ``cat([moving, fixed], 1)`` of shape
 ``(B, 2 * C, *spatial)`` to a field ``(B, ndim, *spatial)`` in voxels (regnet's DDF
 convention: channel ``i`` along spatial axis ``i``). The output layer starts near zero, so an
-untrained network predicts (almost) the identity transform.
+untrained network predicts (almost) the identity transform. ``theta_to_ddf`` (an affine
+``theta`` as a voxel DDF) is :func:`regnet.geometry.theta_to_ddf`, re-exported here.
 """
 
 from __future__ import annotations
@@ -11,7 +12,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from regnet.lightning._checks import ConfigError, choice, int_sequence
+from regnet import _checks
+from regnet._checks import ConfigError
+from regnet.geometry import theta_to_ddf
+
+__all__ = ["BACKBONES", "DEFAULT_CHANNELS", "AffineHead", "FlowBackbone", "theta_to_ddf"]
 
 BACKBONES = ("voxelmorph", "unet", "basicunet", "regunet", "localnet")
 
@@ -53,8 +58,11 @@ class FlowBackbone(nn.Module):
         from monai.networks import nets
 
         owner = "RegistrationModule"
-        choice(owner, "backbone", name, BACKBONES)
-        channels = DEFAULT_CHANNELS[name] if channels is None else int_sequence(owner, "channels", channels)
+        _checks.string_choice(owner, "backbone", name, BACKBONES, error=ConfigError)
+        if channels is None:
+            channels = DEFAULT_CHANNELS[name]
+        else:
+            channels = _checks.int_sequence(owner, "channels", channels, error=ConfigError)
         self.name, self.ndim = name, ndim
         head_in = None
         if name == "voxelmorph":
@@ -128,18 +136,3 @@ class AffineHead(nn.Module):
         features = self.encoder(pair).flatten(2).mean(-1)
         return self.fc(features).view(-1, self.ndim, self.ndim + 1)
 
-
-def theta_to_ddf(theta: torch.Tensor, shape) -> torch.Tensor:
-    """Voxel DDF ``(B, ndim, *shape)`` of the affine map ``theta`` (normalised,
-    ``align_corners=True``) on a grid of ``shape``: ``ddf(x) = A(x) - x`` in voxels, so that
-    ``regnet.ops.warp(moving, ddf)`` equals ``affine_transform(moving, theta, align_corners=True)``
-    for a moving image on the same grid. Differentiable w.r.t. ``theta``."""
-    from regnet import ops
-
-    grid = ops.affine_grid(theta, (theta.shape[0], 1, *shape), align_corners=True)  # (B, *S, ndim) x,y,z
-    sizes = torch.tensor(shape, dtype=theta.dtype, device=theta.device)
-    # grid[..., k] runs along spatial axis ndim-1-k; normalised [-1, 1] -> voxel [0, n-1]
-    points = (grid.flip(-1) + 1) * (sizes - 1) / 2  # (B, *S, ndim), axis i = spatial axis i
-    axes = [torch.arange(n, dtype=theta.dtype, device=theta.device) for n in shape]
-    identity = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
-    return (points - identity).movedim(-1, 1).contiguous()

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from regnet import losses
-from regnet.lightning._checks import ConfigError, integer, number, weights
+from regnet import _checks, losses
+from regnet._checks import ConfigError
 
 SIMILARITIES = ("mse", "lncc", "mi")
 REGULARISERS = ("bending", "diffusion")
@@ -61,11 +61,12 @@ class RegistrationObjective(nn.Module):
     def __init__(self, similarity=None, regularisation=None, label_weight: float = 0.0,
                  lncc_kernel_size: int = 7, mi_num_bins: int = 32, owner: str = "RegistrationModule") -> None:
         super().__init__()
-        self.similarity = weights(owner, "similarity", similarity, SIMILARITIES)
-        self.regularisation = weights(owner, "regularisation", regularisation, REGULARISERS)
-        self.label_weight = number(owner, "label_weight", label_weight, minimum=0.0)
-        integer(owner, "lncc_kernel_size", lncc_kernel_size, minimum=1)
-        integer(owner, "mi_num_bins", mi_num_bins, minimum=2)
+        self.similarity = _checks.weights(owner, "similarity", similarity, SIMILARITIES, error=ConfigError)
+        self.regularisation = _checks.weights(owner, "regularisation", regularisation, REGULARISERS,
+                                              error=ConfigError)
+        self.label_weight = _checks.number(owner, "label_weight", label_weight, low=0.0, error=ConfigError)
+        _checks.integer(owner, "lncc_kernel_size", lncc_kernel_size, low=1, error=ConfigError)
+        _checks.integer(owner, "mi_num_bins", mi_num_bins, low=2, error=ConfigError)
         if not any(self.similarity.values()) and self.label_weight == 0:
             raise ConfigError(
                 f"{owner}: nothing to match: similarity (terms {SIMILARITIES}) has no weight > 0 and "

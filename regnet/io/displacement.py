@@ -1,0 +1,133 @@
+"""Displacement fields on disk in the layout ITK and ANTs write and read (``antsRegistration``'s
+``*Warp.nii.gz``, ``antsApplyTransforms -t``), converted to and from regnet's voxel DDFs.
+
+On disk: float32 NIfTI ``(X, Y, Z, 1, 3)`` (2D: ``(X, Y, 1, 1, 2)``), intent ``vector``
+(1007), the fixed image's affine in the header, each vector the world displacement in mm in
+**LPS** (the RAS displacement with its x and y components negated), pull: fixed world point
+``p`` maps to moving world point ``p + d(p)``. Intent ``displacement vector`` (1006) files,
+whose components are RAS (as ITK >= 5.4 reads them), are read too.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import cast
+
+import nibabel as nib
+import numpy as np
+import torch
+from numpy.typing import ArrayLike
+
+from regnet import _checks
+from regnet.io._arrays import to_numpy
+from regnet.io._files import NIFTI_SUFFIXES, atomic_write, suffix
+from regnet.io.nifti import embed_2d, reduce_2d
+
+__all__ = ["INTENT_DISPVECT", "INTENT_VECTOR", "load_ddf", "save_ddf"]
+
+# NIfTI intent codes used for displacement fields.
+INTENT_DISPVECT = 1006  # displacement vectors; ITK >= 5.4 reads their components as RAS
+INTENT_VECTOR = 1007  # generic vectors; what ITK/ANTs write for a displacement field (LPS)
+
+_LPS = {2: np.array([-1.0, -1.0]), 3: np.array([-1.0, -1.0, 1.0])}
+
+
+def save_ddf(path: str | os.PathLike, ddf: torch.Tensor | np.ndarray, fixed_affine: ArrayLike) -> Path:
+    """Write a regnet DDF as an ITK/ANTs displacement field (NIfTI, world mm, LPS).
+
+    Args:
+        path: ``.nii`` or ``.nii.gz``.
+        ddf: ``(1, ndim, *spatial)`` or ``(ndim, *spatial)`` displacement in voxels of the
+            fixed grid (regnet's convention: channel ``i`` along array axis ``i``, pull:
+            ``warped(x) = moving(x + u(x))``).
+        fixed_affine: the fixed grid's voxel -> world (RAS mm) matrix, ``(ndim+1, ndim+1)``.
+
+    On disk: float32 ``(X, Y, Z, 1, 3)`` (2D: ``(X, Y, 1, 1, 2)``), intent ``vector``
+    (1007), the fixed affine in the header, and each vector the world displacement
+    ``A[:ndim, :ndim] @ u`` in millimetres with the x and y components negated (LPS), as
+    ITK and ANTs write and read warps (``antsApplyTransforms -t ddf.nii.gz``): the fixed
+    world point ``p`` maps to the moving world point ``p + d(p)``.
+    """
+    fn = "save_ddf"
+    path = Path(path)
+    if suffix(path) not in NIFTI_SUFFIXES:
+        raise ValueError(f"{fn}: {path}: a DDF is written as NIfTI (.nii or .nii.gz), got {suffix(path)!r}")
+    affine = _checks.affine_matrix(fn, "fixed_affine", fixed_affine)
+    ndim = affine.shape[0] - 1
+    arr = to_numpy(fn, "ddf", ddf).astype(np.float64)
+    if arr.ndim == ndim + 2:
+        if arr.shape[0] != 1:
+            raise ValueError(f"{fn}: ddf must have batch size 1 to be saved, got shape {arr.shape}")
+        arr = arr[0]
+    if arr.ndim != ndim + 1 or arr.shape[0] != ndim:
+        raise ValueError(
+            f"{fn}: ddf must have shape (1, {ndim}, *spatial) or ({ndim}, *spatial) for a "
+            f"{ndim + 1}x{ndim + 1} fixed_affine, got {tuple(arr.shape)}"
+        )
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{fn}: ddf contains NaN or infinite values")
+    world = np.tensordot(affine[:ndim, :ndim], arr, axes=(1, 0))  # (ndim, *spatial), RAS mm
+    lps = world * _LPS[ndim].reshape((ndim,) + (1,) * ndim)
+    vectors = np.moveaxis(lps, 0, -1).astype(np.float32)  # (*spatial, ndim)
+    if ndim == 2:
+        vectors = vectors[:, :, None, None, :]
+        affine4 = embed_2d(affine, None)
+    else:
+        vectors = vectors[:, :, :, None, :]
+        affine4 = affine
+    img = nib.Nifti1Image(np.ascontiguousarray(vectors), affine4)
+    img.header.set_xyzt_units("mm", "sec")
+    img.set_sform(affine4, code=1)
+    img.set_qform(affine4, code=1)
+    img.header.set_intent("vector", (), name="")
+    img.set_data_dtype(np.float32)
+    atomic_write(path, lambda tmp: nib.save(img, str(tmp)))
+    return path
+
+
+def load_ddf(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, np.ndarray]:
+    """Read a displacement field written by :func:`save_ddf` (or by ITK/ANTs).
+
+    Accepts ``(X, Y, Z, 1, 3)`` / ``(X, Y, 1, 1, 2)`` NIfTI vector images with intent
+    ``vector`` (1007, components in LPS mm: ITK, ANTs, regnet) or ``displacement vector``
+    (1006, components in RAS mm, as ITK >= 5.4 reads them).
+
+    Returns:
+        ``(ddf, affine)``: ``ddf`` ``(1, ndim, *spatial)`` in voxels of the field's grid
+        (regnet's convention, ready for :func:`regnet.ops.warp`), ``affine`` the grid's
+        voxel -> world matrix ``(ndim+1, ndim+1)``.
+    """
+    fn = "load_ddf"
+    path = Path(path)
+    if suffix(path) not in NIFTI_SUFFIXES:
+        raise ValueError(f"{fn}: {path}: expected a NIfTI file (.nii or .nii.gz), got {suffix(path)!r}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{fn}: {path}: no such file")
+    try:
+        img = cast(nib.Nifti1Image, nib.load(str(path)))  # .nii / .nii.gz: NIfTI-1 or NIfTI-2
+        arr = np.asarray(img.dataobj, dtype=np.float64)
+    except Exception as error:
+        raise ValueError(f"{fn}: {path}: cannot read as NIfTI ({error})") from error
+    shape = arr.shape
+    if len(shape) != 5 or shape[3] != 1 or shape[4] not in (2, 3) or (shape[4] == 2 and shape[2] != 1):
+        raise ValueError(
+            f"{fn}: {path}: expected a displacement field of shape (X, Y, Z, 1, 3) or (X, Y, 1, 1, 2), got {shape}"
+        )
+    intent = int(img.header["intent_code"])
+    if intent not in (INTENT_VECTOR, INTENT_DISPVECT):
+        raise ValueError(
+            f"{fn}: {path}: NIfTI intent code {intent} is not a displacement field; expected "
+            f"{INTENT_VECTOR} (vector, LPS mm) or {INTENT_DISPVECT} (displacement vector, RAS mm)"
+        )
+    ndim = shape[4]
+    affine4 = np.asarray(img.affine, dtype=np.float64)
+    if ndim == 2:
+        vectors, affine = arr[:, :, 0, 0, :], reduce_2d(affine4)
+    else:
+        vectors, affine = arr[:, :, :, 0, :], affine4
+    world = np.moveaxis(vectors, -1, 0)  # (ndim, *spatial)
+    if intent == INTENT_VECTOR:
+        world = world * _LPS[ndim].reshape((ndim,) + (1,) * ndim)  # LPS -> RAS
+    voxel = np.tensordot(np.linalg.inv(affine[:ndim, :ndim]), world, axes=(1, 0))
+    return torch.from_numpy(np.ascontiguousarray(voxel)).to(dtype)[None], affine
