@@ -159,7 +159,7 @@ def jacobian_stats(ddf: torch.Tensor) -> dict[str, float]:
     positive = det[det > 0]
     std_log = positive.log().std(correction=0) if positive.numel() else det.new_tensor(math.nan)
     values = torch.stack([(det <= 0).double().mean(), std_log, det.min(), det.max(), det.mean()]).tolist()
-    return dict(zip(("fraction_nonpositive", "std_log", "min", "max", "mean"), values))
+    return dict(zip(("fraction_nonpositive", "std_log", "min", "max", "mean"), values, strict=True))
 
 
 def _spacing(fn: str, spacing, ndim: int) -> list[float]:
@@ -286,7 +286,7 @@ def hausdorff95(
             nz = torch.nonzero(p | t)
             lo = (nz.min(dim=0).values - 1).clamp(min=0).tolist()
             hi = (nz.max(dim=0).values + 2).tolist()
-            box = tuple(slice(a, c) for a, c in zip(lo, hi))
+            box = tuple(slice(a, c) for a, c in zip(lo, hi, strict=True))
             # A crop edge inside the image is outside both masks (the one-voxel margin), so
             # erosion with a zero border is unchanged by the crop.
             sp = torch.nonzero(_surface(p[box])).to(torch.float32) * scale

@@ -65,7 +65,7 @@ def resize_field(u: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     old = u.shape[2:]
     if tuple(old) == tuple(shape):
         return u
-    scale = constant([(n - 1) / max(o - 1, 1) for o, n in zip(old, shape)], u.dtype, u.device)
+    scale = constant([(n - 1) / max(o - 1, 1) for o, n in zip(old, shape, strict=True)], u.dtype, u.device)
     scale = scale.view(1, -1, *[1] * len(shape))
     mode = "trilinear" if len(shape) == 3 else "bilinear"
     return F.interpolate(u, size=tuple(shape), mode=mode, align_corners=True) * scale

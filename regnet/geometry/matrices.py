@@ -71,9 +71,10 @@ def theta_to_voxel(theta: torch.Tensor, fixed_shape: Sequence[int], moving_shape
     ``theta``'s dtype and device; differentiable w.r.t. ``theta``. ``moving_shape`` defaults to
     ``fixed_shape`` (both images on one grid)."""
     moving_shape = fixed_shape if moving_shape is None else moving_shape
-    like = dict(dtype=theta.dtype, device=theta.device)
-    to_fixed = torch.as_tensor(voxel_to_normalised(fixed_shape, align_corners), **like)
-    from_moving = torch.as_tensor(np.linalg.inv(voxel_to_normalised(moving_shape, align_corners)), **like)
+    to_fixed = torch.as_tensor(voxel_to_normalised(fixed_shape, align_corners), dtype=theta.dtype,
+                               device=theta.device)
+    from_moving = torch.as_tensor(np.linalg.inv(voxel_to_normalised(moving_shape, align_corners)),
+                                  dtype=theta.dtype, device=theta.device)
     return from_moving @ square(theta) @ to_fixed
 
 
@@ -132,7 +133,8 @@ def world_theta(
     (fixed voxel -> world -> moving voxel -> moving normalised): ``world_to_theta`` of the
     identity. float64 tensor ``(1, ndim, ndim + 1)``."""
     affine = _checks.affine_matrix("world_theta", "fixed_affine", fixed_affine)
-    return world_to_theta(np.eye(affine.shape[0]), fixed_shape, fixed_affine, moving_shape, moving_affine, align_corners)
+    return world_to_theta(np.eye(affine.shape[0]), fixed_shape, fixed_affine, moving_shape, moving_affine,
+                          align_corners)
 
 
 def theta_to_world(

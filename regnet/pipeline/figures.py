@@ -47,7 +47,8 @@ def save_overview(path: Path, fixed, moving, warped, det, report: dict, picture:
     fixed, moving, warped, det_np = array(fixed), array(moving), array(warped), array(det)
     ncc, err = report["metrics"]["global_ncc"], report["metrics"]["mse"]
     jac = report["jacobian"]
-    rows = list(zip(*(_slices(v, picture) for v in (fixed, moving, warped, _checkerboard(fixed, warped), det_np))))
+    columns = (fixed, moving, warped, _checkerboard(fixed, warped), det_np)
+    rows = list(zip(*(_slices(v, picture) for v in columns), strict=True))
     fig = Figure(figsize=(17.5, 3.6 * len(rows) + 0.6), layout="constrained")
     FigureCanvasAgg(fig)
     axes = np.atleast_2d(fig.subplots(len(rows), 5))

@@ -38,7 +38,7 @@ def downsample(x: torch.Tensor, shape: Sequence[int], align_corners: bool = True
     """Anti-aliased downsampling: Gaussian smoothing with sigma ``0.5 * factor`` voxels per
     axis (factor = old / new size; none where the factor is <= 1), then a linear resize
     (``align_corners`` as in :func:`resize`)."""
-    factors = [old / new for old, new in zip(x.shape[2:], shape)]
+    factors = [old / new for old, new in zip(x.shape[2:], shape, strict=True)]
     sigma = [0.5 * f if f > 1 else 0.0 for f in factors]
     if any(s > 0 for s in sigma):
         x = ops.gaussian_smooth(x, sigma, mode="nearest")

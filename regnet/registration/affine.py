@@ -226,8 +226,8 @@ class AffineRegistration:
         self.init_time = time.perf_counter() - start
 
         options = self.options
-        for level, (scale, iterations, lr) in enumerate(zip(options.scales, options.iterations,
-                                                            options.learning_rates)):
+        levels = zip(options.scales, options.iterations, options.learning_rates, strict=True)
+        for level, (scale, iterations, lr) in enumerate(levels):
             start = time.perf_counter()
             moving_l = downsample(moving, level_shape(moving.shape[2:], scale), self.align_corners)
             static_l = downsample(static, level_shape(static.shape[2:], scale), self.align_corners)

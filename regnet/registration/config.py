@@ -136,7 +136,7 @@ class Config:
         for name, param in params.items():
             if name == "self" or name in _NOT_IN_CONFIG:
                 continue
-            value = self.given[stage][name] if name in self.given[stage] else param.default
+            value = self.given[stage].get(name, param.default)
             if value is None and name.endswith("_function"):  # a default the class fills in
                 value = getattr(built, name, None)
             out[name] = jsonable(value)

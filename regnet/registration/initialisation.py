@@ -40,7 +40,7 @@ def initial_candidates(fn: str, moving: torch.Tensor, static: torch.Tensor, init
     shapes = {"init_translation": (batch, ndim), "init_rotation": (batch, ndim, ndim),
               "init_zoom": (batch, ndim), "init_shear": (batch, ndim)}
     values = []
-    for (name, want), value in zip(shapes.items(), given):
+    for (name, want), value in zip(shapes.items(), given, strict=True):
         if value is not None:
             if tuple(value.shape) != want:
                 raise ValueError(f"{fn}: {name} must have shape {want} (batch size {batch}, {ndim}D), "

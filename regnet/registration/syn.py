@@ -206,14 +206,16 @@ class SyNRegistration:
         if moving.shape != static.shape:
             raise ValueError(
                 f"SyNRegistration: moving {tuple(moving.shape)} and static {tuple(static.shape)} must be on one "
-                f"grid; resample moving onto the static grid first (regnet.io.world.resample_to, or an affine)"
+                f"grid; resample moving onto the static grid first (regnet.geometry.resample_to, or an affine)"
             )
         ndim = static.dim() - 2
         shape = tuple(static.shape[2:])
         self.theta = None
         original = moving
         if self.affine is not False:
-            affine = self.affine if isinstance(self.affine, AffineRegistration) else AffineRegistration(verbose=self.verbose)
+            affine = self.affine
+            if not isinstance(affine, AffineRegistration):
+                affine = AffineRegistration(verbose=self.verbose)
             moving = affine(moving, static)
             self.theta, self._affine_align_corners = affine.get_affine(), affine.align_corners
         self._grid_factor = self.velocity_scale or default_velocity_scale(ndim)
@@ -224,7 +226,7 @@ class SyNRegistration:
         self._static_shape = shape
         self.loss_history, self.level_times = [], []
         schedule = self.iterations or default_iterations(self.scales, ndim)
-        for scale, iterations, lr in zip(self.scales, schedule, self.learning_rates):
+        for scale, iterations, lr in zip(self.scales, schedule, self.learning_rates, strict=True):
             if iterations == 0:  # nothing to fit: the velocities stay on their grid
                 self.loss_history.append([])
                 self.level_times.append(0.0)
