@@ -12,7 +12,7 @@ Both methods start from these headers (a different subject, a different grid).
 
 Methods (timed, wall clock, same process, ``--threads`` torch and ITK threads):
 
-* ``regnet``: ``regnet.pipeline.register_images(fixed, moving, "affine+syn")``, its defaults,
+* ``regnet``: ``regnet.registration.register_images(fixed, moving, "affine+syn")``, its defaults,
   what ``regnet register --transform affine+syn`` runs;
 * ``ants``: ``ants.registration(fixed, moving, type_of_transform="SyN")``, ANTsPy's defaults
   (its own affine stage, then SyN).
@@ -58,7 +58,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def scores(labels_on_mni: np.ndarray, warped_t1: np.ndarray, template: np.ndarray, wm, gm) -> dict:
-    from regnet.pipeline import global_ncc
+    from regnet.metrics import global_ncc
     import torch
 
     return {
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
 
     from regnet.io import Image, load_image
     from regnet.metrics import jacobian_stats
-    from regnet.pipeline import register_images, sample_moving
+    from regnet.registration.world import register_images, sample_moving
 
     torch.set_num_threads(args.threads)
     mni = load_image(DATA / "mni152" / "t1.nii.gz")

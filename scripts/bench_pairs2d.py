@@ -4,7 +4,7 @@
 Each of ``r16``, ``r27``, ``r30``, ``r62``, ``r85`` (``../shared/data/brain2d``, five
 subjects) is registered onto ``r64`` (a sixth subject), 256 x 256, intensities / 255:
 
-* ``regnet``: ``regnet.pipeline.register_images(fixed, moving, "affine+syn")`` with its
+* ``regnet``: ``regnet.registration.register_images(fixed, moving, "affine+syn")`` with its
   defaults: what ``regnet register --transform affine+syn`` runs;
 * ``ants``: ``ants.registration(fixed, moving, type_of_transform="SyN")``, ANTsPy's defaults
   (its own affine stage, then SyN).
@@ -13,7 +13,7 @@ Both are timed (wall clock, median of ``--repeats`` calls after one warm-up call
 method) in the same process with the same thread count (torch and ITK, ``--threads``), and
 scored with the same code: global NCC (Pearson correlation over the image) of the warped
 moving image with the fixed one, regnet's image sampled through its total DDF
-(``regnet.pipeline.sample_moving``), ANTs' its own ``warpedmovout``. Prints a table with the
+(``regnet.registration.world.sample_moving``), ANTs' its own ``warpedmovout``. Prints a table with the
 ratio ANTs time / regnet time and writes JSON (default
 ``benchmarks/results/bench_pairs2d_cpu.json``). No ground truth exists for real pairs: the
 similarity is the score, as in the issue's r16 -> r64 numbers.
@@ -58,7 +58,8 @@ def run(repeats: int, pairs) -> dict:
     import torch
 
     from regnet.io import Image
-    from regnet.pipeline import global_ncc, register_images, sample_moving
+    from regnet.metrics import global_ncc
+    from regnet.registration.world import register_images, sample_moving
 
     fixed = _load(FIXED)
     fixed_t = torch.from_numpy(fixed)[None, None]

@@ -23,7 +23,7 @@ torchreg-affine        ``torchreg.AffineRegistration(is_3d=False)`` (its default
 torchreg-syn           n/a in 2D: torchreg's ``SyNRegistration`` is 3D-only (``conv3d``
                        smoothing, 3-channel flows, ``permute(0, 2, 3, 4, 1)``)
 regnet-affine          ``regnet.registration.AffineRegistration()`` (its defaults)
-regnet-affine+syn      ``regnet.pipeline.register_images(fixed, moving, "affine+syn")``: what
+regnet-affine+syn      ``regnet.registration.register_images(fixed, moving, "affine+syn")``: what
                        ``regnet register --transform affine+syn`` runs, with its defaults (no
                        ``--config``: the class defaults of AffineRegistration/SyNRegistration)
 regnet-syn_brain       the same with ``--config configs/syn_brain.yaml`` (only when named in
@@ -122,7 +122,9 @@ import benchlib  # noqa: E402
 from regnet import ops  # noqa: E402
 from regnet.io import Image, load_ddf, load_image  # noqa: E402
 from regnet.metrics import jacobian_stats, mean_dice  # noqa: E402
-from regnet.pipeline import SCORED_LABELS, global_ncc, load_config, register_images, sample_moving  # noqa: E402
+from regnet.metrics import SCORED_LABELS, global_ncc  # noqa: E402
+from regnet.registration import load_config  # noqa: E402
+from regnet.registration.world import register_images, sample_moving  # noqa: E402
 
 PROG = "bench_registration"
 # torchreg's smooth_kernel calls torch.meshgrid without indexing= (harmless, once per level)

@@ -16,7 +16,7 @@ What the body must allow, and regnet's registrations do:
   the host, and the few constant tensors they need come from :mod:`regnet.ops._constants`,
   created during the eager warm-up and reused by the capture.
 - **A capturable optimiser**: torch's Adam / AdamW are created with ``capturable=True``
-  (:func:`regnet.registration._common.make_optimizer`); gradients are set to ``None`` before
+  (:func:`regnet.registration._levels.make_optimizer`); gradients are set to ``None`` before
   the capture, so the captured backward writes them (no accumulation across replays).
 
 ``cuda_graph=None`` (auto) turns the graph on for CUDA tensors when the optimiser is torch's
