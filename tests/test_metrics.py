@@ -198,3 +198,244 @@ def test_metrics_bad_input():
         hausdorff95(a, a, percentile=150)
     with pytest.raises(ValueError, match="mean_dice|dice_per_label: labels must not repeat"):
         mean_dice(a, a, [1, 1])
+
+
+# ---------------------------------------------------------------- SDlogJ (usual and Learn2Reg's)
+
+def numpy_det(u):
+    """det(I + grad u) of one field (ndim, *spatial) with numpy.gradient (central inside, one-sided at the ends)."""
+    ndim = u.shape[0]
+    J = np.empty((ndim, ndim, *u.shape[1:]))
+    for i in range(ndim):
+        grads = np.gradient(u[i], axis=tuple(range(ndim)))
+        grads = grads if isinstance(grads, (list, tuple)) else [grads]
+        for j in range(ndim):
+            J[i, j] = grads[j] + (i == j)
+    return np.linalg.det(np.moveaxis(J, (0, 1), (-2, -1)))
+
+
+def learn2reg_reference(u, mask=None):
+    """The Learn2Reg evaluation's SDlogJ (MDL-UzL/L2R, evaluation/utils.py + evaluation.py), written
+    out again: scipy.ndimage.correlate with [-0.5, 0, 0.5] (zero padding), crop 2, log(clip(det + 3))."""
+    disp = u[None]  # (1, 3, H, W, D)
+    kernels = [np.array([-0.5, 0, 0.5]).reshape(s) for s in ((1, 3, 1, 1), (1, 1, 3, 1), (1, 1, 1, 3))]
+    grad = np.concatenate([
+        np.stack([ndimage.correlate(disp[:, c], k, mode="constant", cval=0.0) for c in range(3)], axis=1)
+        for k in kernels
+    ], 0)
+    jac = (grad + np.eye(3).reshape(3, 3, 1, 1, 1))[:, :, 2:-2, 2:-2, 2:-2]
+    det = (jac[0, 0] * (jac[1, 1] * jac[2, 2] - jac[1, 2] * jac[2, 1])
+           - jac[1, 0] * (jac[0, 1] * jac[2, 2] - jac[0, 2] * jac[2, 1])
+           + jac[2, 0] * (jac[0, 1] * jac[1, 2] - jac[0, 2] * jac[1, 1]))
+    log_det = np.log((det + 3).clip(1e-9, 1e9))
+    if mask is None:
+        return log_det.std()
+    return np.ma.MaskedArray(log_det, 1 - mask[2:-2, 2:-2, 2:-2]).std()
+
+
+def smooth_field(spatial, seed, amplitude):
+    rng = np.random.default_rng(seed)
+    u = np.stack([ndimage.gaussian_filter(rng.standard_normal(spatial), 1.5) for _ in spatial])
+    return amplitude * u / np.abs(u).max()
+
+
+@pytest.mark.parametrize("spatial", [(13, 11), (9, 10, 8)])
+def test_sdlogj_matches_numpy_gradient_with_and_without_mask(spatial):
+    from regnet.metrics import sdlogj
+
+    u = smooth_field(spatial, 11, 4.0)  # strong enough to fold somewhere
+    det = numpy_det(u)
+    assert (det <= 0).any() and (det > 0).any()
+    assert sdlogj(torch.from_numpy(u)[None]) == pytest.approx(np.log(det[det > 0]).std(), rel=1e-10)
+    mask = np.zeros(spatial, dtype=bool)
+    mask[2:-3, 1:-2] = True
+    inside = det[mask & (det > 0)]
+    for m in (torch.from_numpy(mask), torch.from_numpy(mask)[None, None].int(), torch.from_numpy(mask).double()):
+        assert sdlogj(torch.from_numpy(u)[None], mask=m) == pytest.approx(np.log(inside).std(), rel=1e-10)
+    # jacobian_stats with the same mask: every statistic inside the mask only
+    stats = jacobian_stats(torch.from_numpy(u)[None], mask=torch.from_numpy(mask))
+    assert stats["std_log"] == pytest.approx(np.log(inside).std(), rel=1e-10)
+    assert stats["fraction_nonpositive"] == pytest.approx((det[mask] <= 0).mean())
+    assert (stats["min"], stats["max"], stats["mean"]) == pytest.approx(
+        (det[mask].min(), det[mask].max(), det[mask].mean()))
+
+
+def test_sdlogj_hand_computed():
+    from regnet.metrics import sdlogj, sdlogj_learn2reg
+
+    # u_0 = a x^2 / 2 along axis 0: central differences of a quadratic are exact, det = 1 + a x.
+    a, n = 0.05, 12
+    x = np.arange(n, dtype=np.float64)
+    u = np.zeros((3, n, 7, 6))
+    u[0] = (a * x**2 / 2)[:, None, None]
+    mask = np.zeros((n, 7, 6), dtype=bool)
+    mask[1:-1] = True  # inside: central differences; at x = 0 and n - 1 numpy.gradient is one-sided
+    expected = np.log(1 + a * x[1:-1]).std()
+    assert sdlogj(torch.from_numpy(u)[None], mask=torch.from_numpy(mask)) == pytest.approx(expected, rel=1e-12)
+    # Learn2Reg: x = 2 .. n - 3 only, log(det + 3)
+    assert sdlogj_learn2reg(torch.from_numpy(u)[None]) == pytest.approx(np.log(4 + a * x[2:-2]).std(), rel=1e-12)
+    # An affine field has one determinant everywhere: both are 0.
+    A = torch.tensor([[0.1, 0.02, 0.0], [0.0, -0.2, 0.05], [0.03, 0.0, 0.15]], dtype=torch.float64)
+    field = _affine_field(A, (7, 8, 6))
+    assert sdlogj(field) == pytest.approx(0.0, abs=1e-12)
+    assert sdlogj_learn2reg(field) == pytest.approx(0.0, abs=1e-12)
+    # Learn2Reg's +3 keeps folded voxels (det down to -3) in the statistic; sdlogj leaves them out.
+    folded = torch.zeros(1, 2, 12, 9, dtype=torch.float64)
+    folded[0, 0] = torch.from_numpy(-3.0 * x)[:, None]  # det = -2 everywhere
+    assert math.isnan(sdlogj(folded)) and jacobian_stats(folded)["fraction_nonpositive"] == 1.0
+    assert sdlogj_learn2reg(folded) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_sdlogj_learn2reg_matches_learn2reg_code_and_numpy_gradient():
+    from regnet.metrics import learn2reg_jacobian_det, sdlogj_learn2reg
+
+    u = smooth_field((14, 12, 11), 12, 6.0)
+    det = numpy_det(u)[2:-2, 2:-2, 2:-2]  # central differences everywhere inside the crop
+    assert (det <= 0).any()
+    torch.testing.assert_close(learn2reg_jacobian_det(torch.from_numpy(u)[None])[0, 0], torch.from_numpy(det))
+    value = sdlogj_learn2reg(torch.from_numpy(u)[None])
+    assert value == pytest.approx(learn2reg_reference(u), rel=1e-12)
+    assert value == pytest.approx(np.log(np.clip(det + 3, 1e-9, 1e9)).std(), rel=1e-12)
+    mask = (ndimage.gaussian_filter(np.random.default_rng(3).standard_normal(u.shape[1:]), 2) > 0).astype(np.uint8)
+    assert sdlogj_learn2reg(torch.from_numpy(u)[None].float(), mask=torch.from_numpy(mask)) == pytest.approx(
+        learn2reg_reference(u.astype(np.float32).astype(np.float64), mask), rel=1e-6)
+    # 2D: the 2x2 determinant on the cropped grid
+    u2 = smooth_field((11, 10), 13, 1.0)
+    det2 = numpy_det(u2)[2:-2, 2:-2]
+    assert sdlogj_learn2reg(torch.from_numpy(u2)[None]) == pytest.approx(np.log(det2 + 3).std(), rel=1e-12)
+
+
+def test_sdlogj_bad_input():
+    from regnet.metrics import sdlogj, sdlogj_learn2reg
+
+    u = torch.zeros(1, 3, 6, 5, 4)
+    with pytest.raises(ValueError, match=r"sdlogj_learn2reg: every spatial size of ddf must be >= 5"):
+        sdlogj_learn2reg(u)
+    with pytest.raises(ValueError, match=r"sdlogj: mask must have shape \(6, 5, 4\)"):
+        sdlogj(u, mask=torch.ones(6, 5, 5))
+    with pytest.raises(ValueError, match=r"jacobian_stats: mask must have shape"):
+        jacobian_stats(u, mask=torch.ones(2, 1, 6, 5, 4))
+    with pytest.raises(TypeError, match=r"sdlogj: ddf must be a torch.Tensor"):
+        sdlogj(np.zeros((1, 3, 6, 5, 4)))
+    empty = torch.zeros(6, 5, 4, dtype=torch.bool)
+    assert math.isnan(sdlogj(u, mask=empty)) and math.isnan(jacobian_stats(u, mask=empty)["mean"])
+
+
+# ---------------------------------------------------------------- HD95 in mm (SciPy oracle)
+
+def scipy_hd95(pred, target, label, spacing):
+    """Surfaces by binary erosion (cross, zero border); directed distances from SciPy's exact EDT
+    with the voxel size; the larger of the two 95th percentiles."""
+    p, t = np.asarray(pred) == label, np.asarray(target) == label
+    cross = ndimage.generate_binary_structure(p.ndim, 1)
+    sp = p & ~ndimage.binary_erosion(p, cross, border_value=0)
+    st = t & ~ndimage.binary_erosion(t, cross, border_value=0)
+    d_pt = ndimage.distance_transform_edt(~st, sampling=spacing)[sp]
+    d_tp = ndimage.distance_transform_edt(~sp, sampling=spacing)[st]
+    return max(np.percentile(d_pt, 95), np.percentile(d_tp, 95))
+
+
+@pytest.mark.parametrize("spacing", [(1.5, 0.7, 2.0), (0.8, 1.0, 1.0), (1.0, 1.0, 1.0)])
+def test_hausdorff95_anisotropic_matches_scipy_distance_transform(spacing, monkeypatch):
+    from regnet.metrics import surface
+
+    pred, target = blobs((16, 14, 12), 3, 21), blobs((16, 14, 12), 3, 22)
+    result = hausdorff95(pred, target, spacing=spacing)
+    for label, value in result.items():
+        assert value == pytest.approx(scipy_hd95(pred[0, 0], target[0, 0], label, spacing), rel=1e-6)
+    # the chunked torch.cdist path (no SciPy, or CUDA) gives the same numbers as the k-d tree
+    monkeypatch.setattr(surface, "_nearest_distances_kdtree", lambda a, b: None)
+    np.testing.assert_allclose(list(hausdorff95(pred, target, spacing=spacing).values()), list(result.values()),
+                               rtol=1e-6)
+
+
+def test_hausdorff95_hand_computed_spacing():
+    pred = torch.zeros(8, 9, 10, dtype=torch.long)
+    target = torch.zeros_like(pred)
+    pred[2, 3, 4] = 1
+    target[5, 3, 4] = 1  # 3 voxels along axis 0
+    pred[1, 1, 1] = 2
+    target[1, 4, 3] = 2  # 3 voxels along axis 1, 2 along axis 2
+    result = hausdorff95(pred, target, spacing=(1.5, 0.7, 2.0))
+    assert result[1] == pytest.approx(4.5)
+    assert result[2] == pytest.approx(math.hypot(3 * 0.7, 2 * 2.0))
+    assert hausdorff95(pred, target, spacing=2.0)[1] == pytest.approx(6.0)
+
+
+# ---------------------------------------------------------------- Dice30
+
+def test_dice30_hand_computed():
+    from regnet.metrics import dice30
+
+    values = [0.9, 0.1, 0.5, 0.7, 0.3, 0.8, 0.6, 0.2, 0.4, 1.0]
+    assert dice30(values) == pytest.approx(0.2)  # mean of the lowest 3 of 10
+    assert dice30(values, method="quantile") == pytest.approx(0.37)  # 0.1 + 0.3 * 9 * 0.1, as numpy/pandas
+    assert dice30(values, method="quantile") == pytest.approx(np.quantile(values, 0.3))
+    assert dice30(np.array(values + [np.nan]).reshape(11, 1)) == pytest.approx(0.2)  # NaN ignored, any shape
+    assert dice30(torch.tensor(values)) == pytest.approx(0.2)
+    assert dice30(values[:7]) == pytest.approx((0.1 + 0.3 + 0.5) / 3)  # ceil(2.1) = 3 values
+    assert dice30([0.4, 0.8]) == pytest.approx(0.4)  # at least one value
+    assert dice30(values, fraction=1.0) == pytest.approx(np.mean(values))
+    assert math.isnan(dice30([])) and math.isnan(dice30([np.nan]))
+
+
+def test_dice30_bad_input():
+    from regnet.metrics import dice30
+
+    with pytest.raises(ValueError, match=r"dice30: values must be Dice scores in \[0, 1\]"):
+        dice30([0.5, 1.2])
+    with pytest.raises(ValueError, match="dice30: fraction must be a finite number > 0 and <= 1"):
+        dice30([0.5], fraction=0.0)
+    with pytest.raises(ValueError, match=r"dice30: method must be one of \('lowest_mean', 'quantile'\)"):
+        dice30([0.5], method="median")
+    with pytest.raises(TypeError, match="dice30: values must be numbers"):
+        dice30(["a"])
+
+
+# ---------------------------------------------------------------- TRE
+
+def test_tre_hand_computed_points():
+    from regnet.metrics import tre
+
+    fixed = np.array([[0.0, 0.0, 0.0], [1.0, 2.0, 3.0]])
+    moving = np.array([[3.0, 4.0, 0.0], [1.0, 2.0, 1.0]])
+    result = tre(fixed, moving)
+    assert result["per_point"] == pytest.approx([5.0, 2.0])
+    assert (result["mean"], result["median"], result["max"], result["std"]) == pytest.approx((3.5, 3.5, 5.0, 1.5))
+    assert tre(fixed, moving, spacing=(2.0, 0.5, 1.5))["per_point"] == pytest.approx([math.hypot(6, 2), 3.0])
+    assert tre(torch.tensor([[1.0, 1.0]]), [[4.0, 5.0]], spacing=2.0)["mean"] == pytest.approx(10.0)
+    assert math.isnan(tre(np.zeros((0, 3)), np.zeros((0, 3)))["mean"])
+
+
+def test_tre_through_a_ddf_matches_scipy_linear_interpolation():
+    from regnet.metrics import tre
+
+    spatial = (12, 10, 9)
+    u = smooth_field(spatial, 31, 2.0)
+    rng = np.random.default_rng(4)
+    fixed = rng.uniform(0, np.array(spatial) - 1, size=(20, 3))
+    moving = fixed + rng.normal(0, 1.5, size=fixed.shape)
+    spacing = (1.2, 0.9, 2.0)
+    result = tre(fixed, moving, spacing=spacing, ddf=torch.from_numpy(u)[None])
+    mapped = fixed + np.stack([ndimage.map_coordinates(u[i], fixed.T, order=1) for i in range(3)], axis=1)
+    expected = np.linalg.norm((mapped - moving) * np.array(spacing), axis=1)
+    np.testing.assert_allclose(result["per_point"], expected, rtol=1e-6, atol=1e-9)
+    # a constant field moves every point by its value
+    shift = torch.zeros(1, 2, 6, 7, dtype=torch.float64)
+    shift[0, 0], shift[0, 1] = 1.5, -2.0
+    assert tre([[2.0, 3.0]], [[3.5, 1.0]], ddf=shift)["per_point"] == pytest.approx([0.0], abs=1e-12)
+
+
+def test_tre_bad_input():
+    from regnet.metrics import tre
+
+    with pytest.raises(ValueError, match="tre: points_fixed and points_moving must hold the same number of points"):
+        tre(np.zeros((3, 3)), np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"tre: points_moving must have shape \(N, 3\)"):
+        tre(np.zeros((3, 3)), np.zeros((3, 2)))
+    with pytest.raises(ValueError, match=r"tre: points_fixed must have shape \(N, 2\) or \(N, 3\)"):
+        tre(np.zeros(3), np.zeros(3))
+    with pytest.raises(ValueError, match=r"tre: ddf must have shape \(1, 3, \*spatial\)"):
+        tre(np.zeros((3, 3)), np.zeros((3, 3)), ddf=torch.zeros(1, 2, 4, 4))
+    with pytest.raises(ValueError, match="tre: points_fixed contains NaN"):
+        tre([[np.nan, 0.0]], [[0.0, 0.0]])
