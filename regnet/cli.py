@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from regnet import __version__
+from regnet._openmp import prefer_passive_waiting
 from regnet.pipeline.outdir import out_dir_problem
 
 PROG = "regnet"
@@ -121,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     exit status. ``--help``, ``--version`` and usage errors raise :class:`SystemExit` as
     :mod:`argparse` does (status 0, 0 and 2)."""
     start = time.perf_counter()
+    prefer_passive_waiting()  # before torch is imported (regnet._openmp)
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "train":  # everything after 'train' belongs to the LightningCLI
         return _run_train(argv[1:])

@@ -27,6 +27,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "regnet"
 #: Top-level unit -> rank; an import may only go to a lower rank, or stay inside its own unit.
 RANKS = {
     "regnet._checks": 0,
+    "regnet._openmp": 0,
     "regnet": 0,
     "regnet.ops": 1,
     "regnet.geometry": 2,

@@ -59,12 +59,16 @@ SMALL_LEVEL_VOXELS = 1 << 18
 
 @contextlib.contextmanager
 def cpu_threads_for(x: torch.Tensor):
-    """Run a registration on one intra-op thread when its (static) images are small.
+    """Run a registration, or one of its levels, on one intra-op thread when its (static)
+    images are small (fewer than :data:`SMALL_LEVEL_VOXELS` voxels per image).
 
     A registration of small images is thousands of small ops; each parallel op pays the thread pool's
     hand-off, and on cores shared with other work the waits dominate: the 2D r16 -> r64 SyN
     took 1.1-1.4 s on two threads of a busy 2-core machine and 0.39 s on one (same result).
-    Large levels keep torch's thread count. The previous count is restored on exit.
+    Registrations wrap each pyramid level in it, so the coarse levels of a large image run on
+    one thread too. Large levels keep torch's thread count. The previous count is restored on
+    exit. (On shared cores, OpenMP's spin-waiting is the larger cost: see
+    :func:`regnet._openmp.prefer_passive_waiting`.)
     """
     threads = torch.get_num_threads()
     small = x.device.type == "cpu" and x[0, 0].numel() < SMALL_LEVEL_VOXELS and threads > 1

@@ -240,7 +240,7 @@ class AffineRegistration:
             log = LossLog(iterations, description, options.verbose)
             trainable = [p for p in self.parameters if p.requires_grad]
             if trainable and iterations > 0:
-                with torch.enable_grad():  # also inside a caller's no_grad block
+                with torch.enable_grad(), cpu_threads_for(static_l):  # also inside a caller's no_grad block
                     # finer levels start from a converged estimate: judge them on half windows
                     check = options.check_every if level == 0 else max(1, options.check_every // 2)
                     self._fit_level(moving_l, static_l, iterations, lr, trainable, level_loss, log, check)

@@ -236,7 +236,7 @@ class SyNRegistration:
             x, y = downsample(moving, level), downsample(static, level)
             if self.sigma_img > 0:
                 x, y = ops.gaussian_smooth(x, self.sigma_img), ops.gaussian_smooth(y, self.sigma_img)
-            with torch.enable_grad():  # also inside a caller's no_grad block
+            with torch.enable_grad(), cpu_threads_for(y):  # also inside a caller's no_grad block
                 self._fit(x, y, iterations, lr, f"SyN {'x'.join(map(str, level))}")
             self.level_times.append(time.perf_counter() - start)
         if not return_moved:
