@@ -12,9 +12,7 @@ export TRITON_INTERPRET=0 PYTHONUNBUFFERED=1
 status=0
 run() { echo "== $*"; "$@" 2>&1 | tee -a "$out/gpu_check.log"; [ "${PIPESTATUS[0]}" -eq 0 ] || status=1; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu_check.log"
-run python -m pytest -q -p no:cacheprovider tests/test_triton_sampling.py tests/test_triton_fields.py \
-    tests/test_triton_deterministic.py tests/test_triton_gaussian.py tests/test_triton_local_ncc.py \
-    tests/test_triton_joint_histogram.py tests/test_cuda_graph.py tests/test_broadcast.py
+run python -m pytest -q -p no:cacheprovider tests/triton_kernels tests/test_cuda_graph.py tests/test_broadcast.py
 run python scripts/bench_ops.py --device cuda --batch 1
 run python scripts/bench_ops.py --device cuda --batch 4
 run python scripts/bench_losses.py --device cuda --shapes 160x192x224 --batch 1

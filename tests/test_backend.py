@@ -61,3 +61,35 @@ def test_import_regnet_does_not_import_torch():
     code = "import sys, regnet; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_every_namespace_has_its_family_functions():
+    """Each op's backend namespaces (the reference and the registered Triton kernels) have the
+    functions of the op's family (regnet/ops/_protocols.py; mypy checks their signatures)."""
+    from regnet.ops._protocols import FAMILIES
+
+    for op, family in FAMILIES.items():
+        assert isinstance(_backend.select(op, torch.device("cpu"), backend="torch"), family), op
+    try:
+        from regnet.ops._triton import KERNELS
+    except ImportError:  # pragma: no cover - without Triton
+        return
+    assert set(KERNELS) <= set(FAMILIES)
+    for op, namespace in KERNELS.items():
+        assert isinstance(namespace, FAMILIES[op]), op
+
+
+def test_state_is_a_leaf_and_the_dispatcher_reexports_it():
+    import ast
+    from pathlib import Path
+
+    from regnet.ops import _state
+
+    tree = ast.parse(Path(_state.__file__).read_text())
+    imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert not [m for m in imported if m.startswith("regnet")], imported
+    for name in ("set_backend", "get_backend", "set_deterministic", "is_deterministic", "BACKENDS",
+                 "AUTO_TRITON_DEVICES"):
+        assert getattr(_backend, name) is getattr(_state, name), name
+    assert regnet.set_backend is _state.set_backend and ops.set_deterministic is _state.set_deterministic

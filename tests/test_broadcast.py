@@ -6,16 +6,12 @@ both directions (one image and B sources, B images and one source), 2D and 3D, b
 and the deterministic Triton path.
 """
 
-import os
+import pytest
+import torch
+from triton_helpers import INTERPRETER_WARNINGS, small_blocks_and_poisoned_buffers, triton_device
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from regnet import ops  # noqa: E402
-from regnet.ops import _backend  # noqa: E402
-from triton_helpers import INTERPRETER_WARNINGS, small_blocks_and_poisoned_buffers, triton_device  # noqa: E402
+from regnet import ops
+from regnet.ops import _backend
 
 BATCH = 3
 
@@ -67,17 +63,20 @@ def test_reference_backend_broadcasts(op, ndim, shared):
         _check(op, ndim, mode, shared, "torch")
 
 
+# One image for B sources: the kernels' zero batch stride, atomics or (deterministic) per-item
+# gradients summed, for every op and rank. B images for one source: the batch folded into the
+# channels before the kernels (an ordinary batch-1 call), deterministic or not spread.
+OPS = ("grid_sample", "warp", "affine_transform")
+TRITON_CASES = ([(op, ndim, "image", det) for op in OPS for ndim in (2, 3) for det in (False, True)]
+                + [(op, ndim, "source", (i + ndim) % 2 == 1) for i, op in enumerate(OPS) for ndim in (2, 3)])
+
+
 @INTERPRETER_WARNINGS
-@pytest.mark.parametrize("op", ["grid_sample", "warp", "affine_transform"])
-@pytest.mark.parametrize("ndim", [2, 3])
-@pytest.mark.parametrize("shared", ["image", "source"])
-@pytest.mark.parametrize("deterministic", [False, True])
+@pytest.mark.parametrize("op,ndim,shared,deterministic", TRITON_CASES)
 def test_triton_backend_broadcasts(monkeypatch, op, ndim, shared, deterministic):
     pytest.importorskip("triton")
-    from regnet.ops._triton import sampling, scatter
-
-    device = triton_device(sampling._sample_forward_kernel)
-    small_blocks_and_poisoned_buffers(monkeypatch, sampling, scatter)
+    device = triton_device()
+    small_blocks_and_poisoned_buffers(monkeypatch)
     previous = _backend.is_deterministic()
     _backend.set_deterministic(deterministic)
     try:

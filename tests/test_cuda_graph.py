@@ -16,7 +16,7 @@ import torch
 import regnet.registration.affine as affine_module
 import regnet.registration.syn as syn_module
 from regnet.losses import DiffusionLoss, LocalNCCLoss, MSELoss
-from regnet.ops import _backend
+from regnet.ops import _backend, _state
 from regnet.ops._constants import constant
 from regnet.registration import _graph
 from regnet.geometry import resize_field
@@ -243,7 +243,7 @@ def test_captured_iteration_reads_nothing_back_from_the_device(monkeypatch, case
     for module in (affine_module, syn_module):
         monkeypatch.setattr(module, "graph_wanted", lambda setting, *args: setting is not False)
     moving, static = (t.float()[..., :16, :16] for t in _pair_2d())
-    monkeypatch.setattr(_backend, "AUTO_TRITON_DEVICES", ("cuda", "cpu"))  # auto picks what it picks on CUDA
+    monkeypatch.setattr(_state, "AUTO_TRITON_DEVICES", ("cuda", "cpu"))  # auto picks what it picks on CUDA
     regnet.set_backend("auto")
     _backend.set_deterministic(case == "syn-deterministic")  # sort + gather image gradients
     try:

@@ -1,10 +1,12 @@
-"""Shared pieces of the Triton kernel tests (``tests/test_triton_*.py``).
+"""Shared pieces of the Triton kernel tests (``tests/triton_kernels/``, ``tests/test_broadcast.py``).
 
 The kernels run on CPU tensors through the Triton interpreter. Triton decides "interpreted
 or compiled" when a function is decorated, i.e. when ``triton.language`` and
 ``regnet.ops._triton`` are first imported, so ``TRITON_INTERPRET=1`` must be set before the
-first ``import triton`` of the process: ``tests/conftest.py`` sets it (``setdefault``), each
-test module does too (for runs that bypass the conftest), and so does this module.
+first ``import triton`` of the process: ``tests/conftest.py`` sets it (``setdefault``), and so
+do ``tests/triton_kernels/conftest.py`` and this module, for runs that bypass the root conftest.
+The per-test set-up of the kernel tests (small blocks, poisoned buffers, deterministic mode
+off, the interpreter's warnings) is ``tests/triton_kernels/conftest.py``.
 """
 
 import os
@@ -16,6 +18,7 @@ import torch  # noqa: E402
 
 MODES = ("bilinear", "nearest")
 PADDINGS = ("zeros", "border", "reflection")
+DTYPES = (torch.float32, torch.float64)
 
 # Triton 3.6's interpreter turns a one-element array into a loop bound with a NumPy deprecation.
 INTERPRETER_WARNINGS = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
@@ -25,11 +28,14 @@ def _interpreted(fn) -> bool:
     return type(fn).__name__ == "InterpretedFunction"
 
 
-def triton_device(kernel) -> torch.device:
-    """Where ``kernel`` runs: the CPU under the interpreter, CUDA when compiled; skips the
+def triton_device() -> torch.device:
+    """Where the kernels run: the CPU under the interpreter, CUDA when compiled; skips the
     calling test module when the kernels are compiled and there is no CUDA device."""
     import triton.language as tl
 
+    from regnet.ops._triton import sampling
+
+    kernel = sampling._sample_forward_kernel
     if _interpreted(kernel) and _interpreted(tl.zeros):
         return torch.device("cpu")
     if not _interpreted(kernel) and torch.cuda.is_available():
@@ -42,15 +48,25 @@ def triton_device(kernel) -> torch.device:
 
 def poison(shape, dtype, device):
     """A buffer a kernel must fill completely: NaN (-7 for integer dtypes)."""
-    return torch.full(shape, float("nan") if dtype.is_floating_point else -7, dtype=dtype, device=device)
+    return torch.full(tuple(shape), float("nan") if dtype.is_floating_point else -7, dtype=dtype, device=device)
 
 
-def small_blocks_and_poisoned_buffers(monkeypatch, *modules, block=16):
-    """Shrink each module's ``BLOCK`` (several programs per batch item and a partial last
-    block) and make its ``_empty`` buffers poisoned (:func:`poison`)."""
-    for module in modules:
+def small_blocks_and_poisoned_buffers(monkeypatch, block=16):
+    """Shrink every kernel module's ``BLOCK`` (several programs per batch item and a partial
+    last block) and make the buffers the kernels must fill poisoned (:func:`poison` in place
+    of ``regnet.ops._triton._common.empty``)."""
+    from regnet.ops._triton import _common, fields, gaussian, joint_histogram, local_ncc, sampling, scatter
+
+    for module in (sampling, fields, scatter, gaussian, local_ncc, joint_histogram):
         monkeypatch.setattr(module, "BLOCK", block)
-        monkeypatch.setattr(module, "_empty", poison)
+    monkeypatch.setattr(_common, "empty", poison)
+
+
+def cycle(options, *indices):
+    """One of ``options`` chosen by the sum of ``indices``: spreads a secondary option (a dtype)
+    over the combinations of the primary ones so that each value meets each primary option,
+    without the full product (see the parametrisations of the kernel tests)."""
+    return options[sum(indices) % len(options)]
 
 
 def far(x, every, low, high):
@@ -68,6 +84,28 @@ def run_weighted(fn, inputs, backend, weight):
     out = fn(*leaves, backend=backend)
     (out * weight).sum().backward()
     return [out.detach(), *(x.grad for x in leaves)]
+
+
+def compare_with_reference(fn, inputs, tol, *, overrides=None, reference_dtype=None):
+    """Triton against the reference: the output of ``fn(*inputs, backend=...)`` and the
+    gradient of ``sum(out * weight)`` (a random weight) w.r.t. every input. ``tol``
+    (``{"rtol", "atol"}``) for each result, ``overrides`` per result name (``"output"``,
+    ``"grad[i]"``); ``reference_dtype``: the reference runs on the inputs cast to it (the oracle
+    of half-precision kernels). Checks the dtype, the shape and that no element is NaN (buffers
+    start poisoned). Returns the Triton results."""
+    dtype = inputs[0].dtype
+    ref_inputs = inputs if reference_dtype is None else [x.to(reference_dtype) for x in inputs]
+    with torch.no_grad():
+        shape = fn(*ref_inputs, backend="torch").shape
+    weight = torch.randn(shape, dtype=ref_inputs[0].dtype, device=ref_inputs[0].device)
+    expected = run_weighted(fn, ref_inputs, "torch", weight)
+    actual = run_weighted(fn, inputs, "triton", weight.to(dtype))
+    for name, a, e in zip(("output", *(f"grad[{i}]" for i in range(len(inputs)))), actual, expected):
+        assert a.dtype == dtype and a.shape == e.shape, name
+        assert not a.isnan().any(), f"{name}: NaN (an element the kernel did not write)"
+        torch.testing.assert_close(a.to(e.dtype), e, **(overrides or {}).get(name, tol),
+                                   msg=lambda m, name=name: f"{name}: {m}")
+    return actual
 
 
 def assert_like_reference(names, actual, expected, dtype, tol, label=""):

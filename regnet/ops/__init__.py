@@ -9,8 +9,8 @@ pull convention ``warped(x) = moving(x + u(x))``; sampling grids and ``theta`` e
 ``torch.nn.functional.grid_sample`` / ``affine_grid``.
 """
 
-from regnet.ops._backend import get_backend, is_deterministic, set_backend, set_deterministic
-from regnet.ops.affine import affine_grid, affine_transform, compose_affine
+from regnet.ops._state import get_backend, is_deterministic, set_backend, set_deterministic
+from regnet.ops.affine import affine_grid, affine_transform, affine_transform_params, compose_affine
 from regnet.ops.compose import compose
 from regnet.ops.exp import exp
 from regnet.ops.gaussian import gaussian_smooth
@@ -23,6 +23,7 @@ from regnet.ops.warp import warp
 __all__ = [
     "affine_grid",
     "affine_transform",
+    "affine_transform_params",
     "compose",
     "compose_affine",
     "exp",

@@ -1,6 +1,7 @@
 """Affine ops: ``affine_grid`` (exactly ``torch.nn.functional.affine_grid``),
-``affine_transform`` (fused ``grid_sample(image, affine_grid(theta))``) and ``compose_affine``
-(torchreg's ``[R @ S | t]``), each with a hand-written backward."""
+``affine_transform`` (fused ``grid_sample(image, affine_grid(theta))``), ``compose_affine``
+(torchreg's ``[R @ S | t]``) and ``affine_transform_params`` (``affine_transform`` of
+``compose_affine``'s ``theta``, one step), each with a hand-written backward."""
 
 from __future__ import annotations
 
@@ -47,6 +48,25 @@ class AffineTransformFunction(torch.autograd.Function):
         return grad_image, grad_theta, None, None, None, None, None
 
 
+class AffineTransformParamsFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, image, translation, rotation, zoom, shear, shape, mode, padding_mode, align_corners, impl):
+        out, saved = impl.affine_transform_params_forward(image, translation, rotation, zoom, shear, shape, mode,
+                                                          padding_mode, align_corners)
+        ctx.save_for_backward(image, translation, rotation, zoom, shear, *saved)
+        ctx.options = (shape, mode, padding_mode, align_corners)
+        ctx.impl = impl
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        image, translation, rotation, zoom, shear, *saved = ctx.saved_tensors
+        grads = ctx.impl.affine_transform_params_backward(grad, image, translation, rotation, zoom, shear, saved,
+                                                          *ctx.options, ctx.needs_input_grad[:5])
+        return (*grads, None, None, None, None, None)
+
+
 class ComposeAffineFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, translation, rotation, zoom, shear, impl):
@@ -73,7 +93,29 @@ def _check_theta(fn: str, theta, batch: int | None, ndim: int | None) -> int:
     return n
 
 
+def _check_parameters(fn: str, translation, rotation, zoom, shear) -> int:
+    """Check the affine parameters (``compose_affine``'s); return ndim. Cheap when they are
+    right (an affine registration calls it every iteration): the messages are built on failure."""
+    _checks.tensor(fn, "rotation", rotation, ndims=(3,))
+    batch, ndim = rotation.shape[0], rotation.shape[1]
+    if ndim not in (2, 3) or rotation.shape[2] != ndim:
+        raise ValueError(f"{fn}: rotation must have shape (B, 2, 2) or (B, 3, 3), got {tuple(rotation.shape)}")
+    dtype, device = rotation.dtype, rotation.device
+    same = True
+    for name, x in (("translation", translation), ("zoom", zoom), ("shear", shear)):
+        _checks.tensor(fn, name, x, ndims=(2,))
+        if x.shape[0] != batch or x.shape[1] != ndim:
+            raise ValueError(f"{fn}: {name} must have shape {(batch, ndim)} to match rotation "
+                             f"{tuple(rotation.shape)}, got {tuple(x.shape)}")
+        same = same and x.dtype == dtype and x.device == device
+    if not same:
+        _checks.same_device_dtype(fn, rotation=rotation, translation=translation, zoom=zoom, shear=shear)
+    return ndim
+
+
 def _check_spatial(fn: str, name: str, shape, ndim: int) -> tuple[int, ...]:
+    if type(shape) is tuple and len(shape) == ndim and all(type(s) is int and s > 0 for s in shape):
+        return shape  # the common case, quickly
     if isinstance(shape, torch.Size):
         shape = tuple(shape)
     ok = isinstance(shape, Sequence) and len(shape) == ndim
@@ -176,16 +218,71 @@ def compose_affine(
     Returns:
         theta ``(B, ndim, ndim + 1)``, differentiable w.r.t. all four.
     """
-    fn = "compose_affine"
-    _checks.tensor(fn, "rotation", rotation, ndims=(3,))
-    batch, ndim = rotation.shape[0], rotation.shape[1]
-    if ndim not in (2, 3) or rotation.shape[2] != ndim:
-        raise ValueError(f"{fn}: rotation must have shape (B, 2, 2) or (B, 3, 3), got {tuple(rotation.shape)}")
-    for name, x in (("translation", translation), ("zoom", zoom), ("shear", shear)):
-        _checks.tensor(fn, name, x, ndims=(2,))
-        if tuple(x.shape) != (batch, ndim):
-            raise ValueError(f"{fn}: {name} must have shape {(batch, ndim)} to match rotation "
-                             f"{tuple(rotation.shape)}, got {tuple(x.shape)}")
-    _checks.same_device_dtype(fn, rotation=rotation, translation=translation, zoom=zoom, shear=shear)
+    _check_parameters("compose_affine", translation, rotation, zoom, shear)
     impl = select("compose_affine", rotation.device, backend)
     return ComposeAffineFunction.apply(translation, rotation, zoom, shear, impl)
+
+
+def affine_transform_params(
+    image: torch.Tensor,
+    translation: torch.Tensor,
+    rotation: torch.Tensor,
+    zoom: torch.Tensor,
+    shear: torch.Tensor,
+    shape: Sequence[int] | None = None,
+    mode: str = "bilinear",
+    padding_mode: str = "zeros",
+    align_corners: bool = False,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Resample ``image`` through the affine map of the parameters, in one differentiable step.
+
+    Equal to ``affine_transform(image, compose_affine(translation, rotation, zoom, shear),
+    shape, mode, padding_mode, align_corners)`` (the same numbers, forward and backward) as one
+    autograd node: the step an affine registration repeats every iteration. The reference
+    backend keeps the forward's sampling grid for the backward (meant for the small images of a
+    registration pyramid: ``ndim`` values per output voxel); the Triton backend keeps only
+    ``theta``.
+
+    Args:
+        image: ``(B, C, *spatial)``, 2D or 3D; gets a gradient when it requires one.
+        translation: ``(B, ndim)``, normalised units (``affine_grid``'s convention).
+        rotation: ``(B, ndim, ndim)``, used as given (any matrix).
+        zoom: ``(B, ndim)``.
+        shear: ``(B, ndim)``; 3D: ``S[0,1], S[0,2], S[1,2]``; 2D: ``S[0,1] = shear[:, 0]``.
+            The image and the parameters have equal batch sizes, or one of them has batch 1
+            and is shared by every item of the other (:mod:`regnet.ops._broadcast`).
+        shape: output spatial shape; defaults to the image's.
+        mode, padding_mode, align_corners: as in :func:`grid_sample`.
+        backend: ``"auto"``, ``"torch"`` or ``"triton"``; ``None`` uses :func:`regnet.get_backend`.
+
+    Returns:
+        ``(B, C, *shape)``, differentiable w.r.t. ``image`` and the four parameters.
+
+    Example::
+
+        >>> image = torch.rand(2, 1, 32, 32)
+        >>> t, z, s = torch.zeros(2, 2), torch.ones(2, 2), torch.zeros(2, 2)
+        >>> r = torch.eye(2).repeat(2, 1, 1).requires_grad_()
+        >>> affine_transform_params(image, t, r, z, s, align_corners=True).shape
+        torch.Size([2, 1, 32, 32])
+    """
+    fn = "affine_transform_params"
+    ndim = _check_parameters(fn, translation, rotation, zoom, shear)
+    _checks.tensor(fn, "image", image)
+    if image.dim() != ndim + 2:
+        raise ValueError(f"{fn}: image must have shape (B, C, *spatial) with {ndim} spatial dimensions to match "
+                         f"rotation {tuple(rotation.shape)}, got {tuple(image.shape)}")
+    if image.shape[0] != rotation.shape[0]:
+        _broadcast.output_batch(fn, "image", image, "rotation", rotation)
+    if image.dtype != rotation.dtype or image.device != rotation.device:
+        _checks.same_device_dtype(fn, image=image, rotation=rotation)
+    shape = tuple(image.shape[2:]) if shape is None else _check_spatial(fn, "shape", shape, ndim)
+    _checks.choice(fn, "mode", mode, _checks.SAMPLING_MODES)
+    _checks.choice(fn, "padding_mode", padding_mode, _checks.PADDING_MODES)
+    impl = select("affine_transform_params", image.device, backend)
+    image, folded = _broadcast.fold(image, rotation)
+    out = AffineTransformParamsFunction.apply(image, translation, rotation, zoom, shear, shape, mode, padding_mode,
+                                              bool(align_corners), impl)
+    return _broadcast.unfold(out, folded)

@@ -10,6 +10,8 @@ gradient zero-padded by twice the radius) followed by a scatter-add of the padde
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -27,7 +29,7 @@ def kernel1d(sigma: float, truncate: float, like: torch.Tensor) -> torch.Tensor:
     return (k / k.sum()).to(like.dtype)
 
 
-def pad_index(n: int, r: int, mode: str, device) -> torch.Tensor:
+def pad_index(n: int, r: int, mode: str, device: torch.device) -> torch.Tensor:
     """Indices into an axis of length ``n`` for positions ``-r .. n - 1 + r`` under SciPy's
     boundary ``mode``; ``n`` (one past the end) stands for a zero (mode ``constant``)."""
     i = torch.arange(-r, n + r, device=device)
@@ -64,7 +66,7 @@ def _unpad(g, axis, n, r, mode):
     return out.narrow(axis, 0, n)
 
 
-def gaussian_smooth_forward(x, sigma, mode, truncate):
+def gaussian_smooth_forward(x: torch.Tensor, sigma: Sequence[float], mode: str, truncate: float) -> torch.Tensor:
     """``x``: ``(B, C, *spatial)``; ``sigma``: one float per spatial axis (voxels)."""
     y = x
     for axis, s in enumerate(sigma, start=2):
@@ -74,7 +76,7 @@ def gaussian_smooth_forward(x, sigma, mode, truncate):
     return y if y is not x else x.clone()
 
 
-def gaussian_smooth_backward(grad, sigma, mode, truncate):
+def gaussian_smooth_backward(grad: torch.Tensor, sigma: Sequence[float], mode: str, truncate: float) -> torch.Tensor:
     g = grad
     for axis in reversed(range(2, grad.dim())):
         s = sigma[axis - 2]

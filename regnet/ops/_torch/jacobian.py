@@ -6,6 +6,8 @@ one-sided differences on the first and last voxel of each axis.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
 
@@ -50,17 +52,18 @@ def _cofactor(J, i, j):
     return sign * (J[r0][c0] * J[r1][c1] - J[r0][c1] * J[r1][c0])
 
 
-def jacobian_det_forward(ddf):
+def jacobian_det_forward(ddf: torch.Tensor) -> torch.Tensor:
     J = _jacobian(ddf)
     det = sum(J[0][j] * _cofactor(J, 0, j) for j in range(len(J)))  # expansion along row 0
     return det.unsqueeze(1)
 
 
-def jacobian_det_backward(grad, ddf):
+def jacobian_det_backward(grad: torch.Tensor, ddf: torch.Tensor) -> torch.Tensor:
     grad = grad[:, 0]
     J = _jacobian(ddf)
     ndim = ddf.shape[1]
     channels = [
-        sum(diff_transpose(grad * _cofactor(J, i, j), j + 1) for j in range(ndim)) for i in range(ndim)
+        cast(torch.Tensor, sum(diff_transpose(grad * _cofactor(J, i, j), j + 1) for j in range(ndim)))
+        for i in range(ndim)
     ]
     return torch.stack(channels, dim=1)

@@ -237,7 +237,8 @@ def _bspline_backward(G, P, T, num_bins, grad_pred):
 # ----------------------------------------------------------------------------- entry points
 
 
-def joint_histogram_forward(pred, target, num_bins, kernel, preterm):
+def joint_histogram_forward(pred: torch.Tensor, target: torch.Tensor, num_bins: int, kernel: str,
+                            preterm: float) -> torch.Tensor:
     dtype = _compute_dtype(pred.dtype)
     P, T = _Image(pred, dtype), _Image(target, dtype)
     pab = torch.zeros(P.x.shape[0], num_bins, num_bins, dtype=dtype, device=pred.device)
@@ -248,7 +249,9 @@ def joint_histogram_forward(pred, target, num_bins, kernel, preterm):
     return pab.div_(P.x.shape[1]).to(pred.dtype)
 
 
-def joint_histogram_backward(grad, pred, target, num_bins, kernel, preterm, needs_pred, needs_target):
+def joint_histogram_backward(grad: torch.Tensor, pred: torch.Tensor, target: torch.Tensor, num_bins: int, kernel: str,
+                             preterm: float, needs_pred: bool,
+                             needs_target: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     dtype = _compute_dtype(pred.dtype)
     P, T = _Image(pred, dtype), _Image(target, dtype)
     batch, n = P.x.shape

@@ -84,7 +84,8 @@ def _statistics(pred, target, k, V):
     return P, T, cp, ct, e, s_p, s_t, cross, var_p, var_t
 
 
-def local_ncc_forward(pred, target, k, V, smooth_nr, floor, eps, reduction="none"):
+def local_ncc_forward(pred: torch.Tensor, target: torch.Tensor, k: torch.Tensor, V: float, smooth_nr: float,
+                      floor: float, eps: float, reduction: str = "none") -> torch.Tensor:
     *_, cross, var_p, var_t = _statistics(pred, target, k, V)
     denominator = var_p.clamp_min_(floor).mul_(var_t.clamp_min_(floor)).add_(eps)
     ncc = cross.square_().add_(smooth_nr).div_(denominator)
@@ -95,7 +96,9 @@ def local_ncc_forward(pred, target, k, V, smooth_nr, floor, eps, reduction="none
     return ncc
 
 
-def local_ncc_backward(grad, pred, target, k, V, smooth_nr, floor, eps, needs_pred, needs_target, reduction="none"):
+def local_ncc_backward(grad: torch.Tensor, pred: torch.Tensor, target: torch.Tensor, k: torch.Tensor, V: float,
+                       smooth_nr: float, floor: float, eps: float, needs_pred: bool, needs_target: bool,
+                       reduction: str = "none") -> tuple[torch.Tensor | None, torch.Tensor | None]:
     if reduction != "none":  # a 0-d gradient: the same value at every voxel, expanded (no copy)
         grad = (grad / pred.numel() if reduction == "mean" else grad).expand(pred.shape)
     P, T, cp, ct, e, s_p, s_t, cross, var_p, var_t = _statistics(pred, target, k, V)

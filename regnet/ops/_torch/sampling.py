@@ -10,34 +10,39 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 
 import torch
 
 from regnet.ops._grid import normalised_line
 from regnet.ops._modes import MODE_CODE, PADDING_CODE
 
+Grads2 = tuple[torch.Tensor | None, torch.Tensor | None]
 
-def _sampler(ndim: int):
+
+def _sampler(ndim: int) -> tuple:
     aten = torch.ops.aten
     if ndim == 2:
         return aten.grid_sampler_2d, aten.grid_sampler_2d_backward
     return aten.grid_sampler_3d, aten.grid_sampler_3d_backward
 
 
-def _broadcast(input, batch: int):
+def _broadcast(input: torch.Tensor, batch: int) -> torch.Tensor:
     """``input`` ``(1, C, ...)`` as a stride-0 view of ``batch`` items (ATen's sampler reads
     through strides: no copy), or ``input`` itself when its batch is already ``batch``."""
     return input.expand(batch, *input.shape[1:]) if input.shape[0] != batch else input
 
 
-def grid_sample_forward(input, grid, mode, padding_mode, align_corners):
+def grid_sample_forward(input: torch.Tensor, grid: torch.Tensor, mode: str, padding_mode: str,
+                        align_corners: bool) -> torch.Tensor:
     """``input`` ``(B or 1, C, ...)``, ``grid`` ``(B, ...)``: a batch-1 input is sampled by every grid."""
     forward, _ = _sampler(input.dim() - 2)
     return forward(_broadcast(input, grid.shape[0]), grid, MODE_CODE[mode], PADDING_CODE[padding_mode],
                    align_corners)
 
 
-def grid_sample_backward(grad, input, grid, mode, padding_mode, align_corners, needs_input, needs_grid):
+def grid_sample_backward(grad: torch.Tensor, input: torch.Tensor, grid: torch.Tensor, mode: str, padding_mode: str,
+                         align_corners: bool, needs_input: bool, needs_grid: bool) -> Grads2:
     """Return ``(grad_input, grad_grid)``; an entry is ``None`` when not needed. A batch-1
     ``input`` sampled by ``B`` grids gets the sum of the ``B`` items' gradients."""
     _, backward = _sampler(input.dim() - 2)
@@ -56,7 +61,7 @@ def _linspace(steps: int, align_corners: bool, like: torch.Tensor) -> torch.Tens
     return normalised_line(steps, align_corners, like.dtype, like.device)
 
 
-def base_grid(spatial, align_corners: bool, like: torch.Tensor) -> torch.Tensor:
+def base_grid(spatial: Sequence[int], align_corners: bool, like: torch.Tensor) -> torch.Tensor:
     """Homogeneous base grid ``(prod(spatial), ndim + 1)`` with columns ``(x, y[, z], 1)``."""
     lines = [_linspace(n, align_corners, like) for n in spatial]
     mesh = torch.meshgrid(*lines, indexing="ij")  # array order (H, W[, D])
@@ -70,15 +75,17 @@ SMALL_GRID_POINTS = 1 << 16
 
 
 @functools.lru_cache(maxsize=16)
-def _small_base_grid(spatial: tuple, align_corners: bool, dtype, device) -> torch.Tensor:
+def _small_base_grid(spatial: tuple[int, ...], align_corners: bool, dtype: torch.dtype,
+                     device: torch.device) -> torch.Tensor:
     return base_grid(spatial, align_corners, torch.empty(0, dtype=dtype, device=device))
 
 
-def affine_grid_forward(theta, size, align_corners):
+def affine_grid_forward(theta: torch.Tensor, size: Sequence[int], align_corners: bool) -> torch.Tensor:
     return torch.ops.aten.affine_grid_generator(theta, list(size), align_corners)
 
 
-def affine_grid_backward(grad_grid, theta, size, align_corners):
+def affine_grid_backward(grad_grid: torch.Tensor, theta: torch.Tensor, size: Sequence[int],
+                         align_corners: bool) -> torch.Tensor:
     """Gradient w.r.t. ``theta``: ``grad_grid^T @ base`` summed over all grid points.
 
     Small grids: one matmul with the cached base grid. Large ones: the base grid is separable
@@ -102,7 +109,7 @@ def affine_grid_backward(grad_grid, theta, size, align_corners):
     return grad_theta
 
 
-def separable_affine_grid(theta, shape, align_corners):
+def separable_affine_grid(theta: torch.Tensor, shape: Sequence[int], align_corners: bool) -> torch.Tensor:
     """``affine_grid(theta, (B, C, *shape))`` (to float rounding), built from per-axis parts.
 
     Coordinate ``j`` runs along array axis ``ndim - 1 - j`` only, so the grid is a sum of
@@ -128,18 +135,21 @@ def separable_affine_grid(theta, shape, align_corners):
     return partial + last
 
 
-def affine_transform_forward(image, theta, shape, mode, padding_mode, align_corners):
+def affine_transform_forward(image: torch.Tensor, theta: torch.Tensor, shape: Sequence[int], mode: str,
+                             padding_mode: str, align_corners: bool) -> torch.Tensor:
     grid = separable_affine_grid(theta, shape, align_corners)
     return grid_sample_forward(image, grid, mode, padding_mode, align_corners)
 
 
-def affine_transform_backward(grad, image, theta, shape, mode, padding_mode, align_corners, needs_image, needs_theta):
+def affine_transform_backward(grad: torch.Tensor, image: torch.Tensor, theta: torch.Tensor, shape: Sequence[int],
+                              mode: str, padding_mode: str, align_corners: bool, needs_image: bool,
+                              needs_theta: bool) -> Grads2:
     size = (image.shape[0], image.shape[1], *shape)
     grid = separable_affine_grid(theta, shape, align_corners)
     grad_image, grad_grid = grid_sample_backward(
         grad, image, grid, mode, padding_mode, align_corners, needs_image, needs_theta
     )
-    grad_theta = affine_grid_backward(grad_grid, theta, size, align_corners) if needs_theta else None
+    grad_theta = None if grad_grid is None else affine_grid_backward(grad_grid, theta, size, align_corners)
     return grad_image, grad_theta
 
 
@@ -177,31 +187,34 @@ def grid_grad_to_ddf(grad_grid: torch.Tensor, out: torch.Tensor | None = None) -
     return out
 
 
-def warp_forward(image, ddf, mode, padding_mode):
+def warp_forward(image: torch.Tensor, ddf: torch.Tensor, mode: str, padding_mode: str) -> torch.Tensor:
     return grid_sample_forward(image, ddf_to_grid(ddf), mode, padding_mode, True)
 
 
-def warp_backward(grad, image, ddf, mode, padding_mode, needs_image, needs_ddf):
+def warp_backward(grad: torch.Tensor, image: torch.Tensor, ddf: torch.Tensor, mode: str, padding_mode: str,
+                  needs_image: bool, needs_ddf: bool) -> Grads2:
     grad_image, grad_grid = grid_sample_backward(
         grad, image, ddf_to_grid(ddf), mode, padding_mode, True, needs_image, needs_ddf
     )
-    if not needs_ddf:
+    if grad_grid is None:  # not needed
         return grad_image, None
     grad_ddf = grid_grad_to_ddf(grad_grid)
     del grad_grid
     return grad_image, grad_ddf
 
 
-def compose_forward(u1, u2, mode, padding_mode):
+def compose_forward(u1: torch.Tensor, u2: torch.Tensor, mode: str, padding_mode: str) -> torch.Tensor:
     return u2 + warp_forward(u1, u2, mode, padding_mode)
 
 
-def compose_backward(grad, u1, u2, mode, padding_mode, needs_u1, needs_u2):
+def compose_backward(grad: torch.Tensor, u1: torch.Tensor, u2: torch.Tensor, mode: str, padding_mode: str,
+                     needs_u1: bool, needs_u2: bool) -> Grads2:
     grad_u1, grad_u2 = warp_backward(grad, u1, u2, mode, padding_mode, needs_u1, needs_u2)
-    return grad_u1, (grad_u2.add_(grad) if needs_u2 else None)
+    return grad_u1, (None if grad_u2 is None else grad_u2.add_(grad))
 
 
-def exp_forward(svf, steps, mode, padding_mode):
+def exp_forward(svf: torch.Tensor, steps: int, mode: str,
+                padding_mode: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Scaling and squaring. Returns ``(ddf, saved)``; ``saved`` is the list of fields before
     each squaring step, the only state the backward needs."""
     u = svf / (2**steps)
@@ -212,7 +225,8 @@ def exp_forward(svf, steps, mode, padding_mode):
     return u, saved
 
 
-def exp_backward(grad, saved, steps, mode, padding_mode):
+def exp_backward(grad: torch.Tensor, saved: list[torch.Tensor], steps: int, mode: str,
+                 padding_mode: str) -> torch.Tensor:
     """Back through each squaring ``u' = u + warp(u, u)``: both the sampled field and the
     sampling positions depend on ``u``. ``saved`` is consumed (popped) as the steps go back."""
     grad = grad.clone()

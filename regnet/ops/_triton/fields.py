@@ -7,7 +7,8 @@ squaring ``u <- u + warp(u, u)`` of ``exp`` is one step with ``u1 = u2 = u``. Th
 squaring reads the velocity itself with ``s = 2**-steps``, so ``svf / 2**steps`` is never
 materialised (a power-of-two factor is exact: same numbers). The sample point comes straight
 from the field (no grid tensor) through the sampling kernels' helpers
-(:mod:`regnet.ops._triton.sampling`: padding, reflection, rounding, weights are theirs).
+(:mod:`regnet.ops._triton._interpolation`: padding, reflection, rounding, weights and the
+corner gather / scatter are the sampling kernels').
 
 Backward of one step, given ``G = d loss / d out``:
 
@@ -37,80 +38,39 @@ import torch
 import triton
 import triton.language as tl
 
-from regnet.ops._backend import is_deterministic
+from regnet.ops import _state
 from regnet.ops._modes import MODE_CODE, PADDING_CODE
-from regnet.ops._triton.sampling import (
-    _SIZE_ARGS,
+from regnet.ops._triton import _common, scatter
+from regnet.ops._triton._interpolation import (
+    NUM_WARPS,
+    SIZE_ARGS,
     SOURCE_DDF,
-    _bilinear_corners,
-    _bilinear_point_grad,
-    _check_int32,
-    _compute_dtype,
-    _nearest_offset,
-    _padded_point,
-    _sizes,
-    _trilinear_corners,
-    _trilinear_point_grad,
+    check_int32,
+    interpolate_backward,
+    interpolate_forward,
+    padded_point,
+    sizes,
 )
 
 BLOCK = 256
-#: One voxel per thread. Chosen from ptxas's register counts (sm_90a, Triton 3.9; see
-#: docs/triton.md), not yet from GPU timings: at 4 warps (two voxels per thread) the float32
-#: backward kernels need 112-174 registers (2-4 blocks, 8-16 warps per SM); at 8 warps 64
-#: (4 blocks, 32 warps), and the forward kernels 40-48 instead of 72-80.
-NUM_WARPS = 8
 _MAX_FUSED_STEPS = 100  # 2**-steps stays a normal float32 number; beyond, svf is divided first
 
 
 # --- kernels --------------------------------------------------------------------------------
 
-@triton.jit(do_not_specialize=_SIZE_ARGS)
+@triton.jit(do_not_specialize=SIZE_ARGS)
 def _step_forward_kernel(
     out_ptr, u1_ptr, u2_ptr, scale, S0, S1, S2,
     NDIM: tl.constexpr, MODE: tl.constexpr, PADDING: tl.constexpr, CDT: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """``out = s*u2 + sample(s*u1, x + s*u2)``; fields ``(B, NDIM, S0, S1[, S2])``."""
-    b, offs, lane, n, n_in, p0, p1, p2, g0, g1, g2, m0, m1, m2, x, y, z = _padded_point(
-        u2_ptr, scale, S0, S1, S2, S0, S1, S2, NDIM, 1, PADDING, True, CDT, BLOCK)
-    out_dtype = out_ptr.dtype.element_ty
+    b, offs, lane, n, n_in, p0, p1, p2, g0, g1, g2, m0, m1, m2, x, y, z = padded_point(
+        u2_ptr, scale, S0, S1, S2, S0, S1, S2, NDIM, 1, PADDING, True, CDT, BLOCK)  # source 1: the DDF
     u1_b = u1_ptr + b * NDIM * n
     u2_b = u2_ptr + b * NDIM * n + offs
     out_b = out_ptr + b * NDIM * n + offs
-    if MODE == 1:  # nearest
-        off, valid = _nearest_offset(p0, p1, p2, S0, S1, S2, lane, NDIM)
-        for c in tl.static_range(NDIM):
-            val = tl.load(u1_b + c * n + off, mask=valid, other=0.0).to(CDT) * scale
-            own = tl.load(u2_b + c * n, mask=lane, other=0.0).to(CDT) * scale
-            tl.store(out_b + c * n, (own + val).to(out_dtype), mask=lane)
-    elif NDIM == 2:
-        o00, o01, o10, o11, q00, q01, q10, q11, wa0, wa1, wc0, wc1 = _bilinear_corners(p0, p1, S0, S1, lane)
-        w00 = wc0 * wa0
-        w01 = wc1 * wa0
-        w10 = wc0 * wa1
-        w11 = wc1 * wa1
-        for c in tl.static_range(2):
-            base = u1_b + c * n
-            acc = tl.load(base + o00, mask=q00, other=0.0).to(CDT) * scale * w00
-            acc += tl.load(base + o01, mask=q01, other=0.0).to(CDT) * scale * w01
-            acc += tl.load(base + o10, mask=q10, other=0.0).to(CDT) * scale * w10
-            acc += tl.load(base + o11, mask=q11, other=0.0).to(CDT) * scale * w11
-            own = tl.load(u2_b + c * n, mask=lane, other=0.0).to(CDT) * scale
-            tl.store(out_b + c * n, (own + acc).to(out_dtype), mask=lane)
-    else:
-        (r00, r01, r10, r11, c0, c1, q000, q001, q010, q011, q100, q101, q110, q111,
-         wa0, wa1, wb0, wb1, wc0, wc1) = _trilinear_corners(p0, p1, p2, S0, S1, S2, lane)
-        for c in tl.static_range(3):
-            base = u1_b + c * n
-            acc = tl.load(base + r00 + c0, mask=q000, other=0.0).to(CDT) * scale * (wc0 * wb0 * wa0)
-            acc += tl.load(base + r00 + c1, mask=q001, other=0.0).to(CDT) * scale * (wc1 * wb0 * wa0)
-            acc += tl.load(base + r01 + c0, mask=q010, other=0.0).to(CDT) * scale * (wc0 * wb1 * wa0)
-            acc += tl.load(base + r01 + c1, mask=q011, other=0.0).to(CDT) * scale * (wc1 * wb1 * wa0)
-            acc += tl.load(base + r10 + c0, mask=q100, other=0.0).to(CDT) * scale * (wc0 * wb0 * wa1)
-            acc += tl.load(base + r10 + c1, mask=q101, other=0.0).to(CDT) * scale * (wc1 * wb0 * wa1)
-            acc += tl.load(base + r11 + c0, mask=q110, other=0.0).to(CDT) * scale * (wc0 * wb1 * wa1)
-            acc += tl.load(base + r11 + c1, mask=q111, other=0.0).to(CDT) * scale * (wc1 * wb1 * wa1)
-            own = tl.load(u2_b + c * n, mask=lane, other=0.0).to(CDT) * scale
-            tl.store(out_b + c * n, (own + acc).to(out_dtype), mask=lane)
+    interpolate_forward(out_b, u1_b, u2_b, NDIM, n, n, p0, p1, p2, S0, S1, S2, lane, scale,
+                        NDIM, MODE, True, CDT)
 
 
 @triton.jit
@@ -132,7 +92,7 @@ def _emit_displacement_grad(gout_b, g2_b, n, lane, gp0, gp1, gp2, NDIM: tl.const
                      mask=lane)
 
 
-@triton.jit(do_not_specialize=_SIZE_ARGS)
+@triton.jit(do_not_specialize=SIZE_ARGS)
 def _step_backward_kernel(
     gout_ptr, u1_ptr, u2_ptr, g1_ptr, g2_ptr, scale, S0, S1, S2,
     NDIM: tl.constexpr, MODE: tl.constexpr, PADDING: tl.constexpr, CDT: tl.constexpr,
@@ -140,151 +100,84 @@ def _step_backward_kernel(
 ):
     """Backward of ``out = s*u2 + sample(s*u1, x + s*u2)`` w.r.t. ``s*u1`` (``NEED_1``: atomic
     scatter into ``g1``) and ``s*u2`` (``NEED_2``: see :func:`_emit_displacement_grad`)."""
-    b, offs, lane, n, n_in, p0, p1, p2, g0, g1, g2, m0, m1, m2, x, y, z = _padded_point(
-        u2_ptr, scale, S0, S1, S2, S0, S1, S2, NDIM, 1, PADDING, True, CDT, BLOCK)
+    b, offs, lane, n, n_in, p0, p1, p2, g0, g1, g2, m0, m1, m2, x, y, z = padded_point(
+        u2_ptr, scale, S0, S1, S2, S0, S1, S2, NDIM, 1, PADDING, True, CDT, BLOCK)  # source 1: the DDF
     gout_b = gout_ptr + b * NDIM * n + offs
     u1_b = u1_ptr + b * NDIM * n
     g1_b = g1_ptr + b * NDIM * n
     g2_b = g2_ptr + b * NDIM * n + offs
-    if MODE == 1:  # nearest: the sample point has zero gradient
-        if NEED_1:
-            off, valid = _nearest_offset(p0, p1, p2, S0, S1, S2, lane, NDIM)
-            for c in tl.static_range(NDIM):
-                go = tl.load(gout_b + c * n, mask=lane, other=0.0).to(CDT)
-                tl.atomic_add(g1_b + c * n + off, go, mask=valid)
-        if NEED_2:
+    d0, d1, d2 = interpolate_backward(gout_b, u1_b, g1_b, NDIM, n, n, p0, p1, p2, S0, S1, S2, lane,
+                                      NDIM, MODE, NEED_1, NEED_2, CDT, BLOCK)
+    if NEED_2:
+        if MODE == 1:  # nearest: the sample point has zero gradient
             zero = tl.zeros([BLOCK], CDT)
             _emit_displacement_grad(gout_b, g2_b, n, lane, zero, zero, zero, NDIM, G2_ATOMIC)
-    elif NDIM == 2:
-        o00, o01, o10, o11, q00, q01, q10, q11, wa0, wa1, wc0, wc1 = _bilinear_corners(p0, p1, S0, S1, lane)
-        s00 = tl.zeros([BLOCK], CDT)
-        s01 = tl.zeros([BLOCK], CDT)
-        s10 = tl.zeros([BLOCK], CDT)
-        s11 = tl.zeros([BLOCK], CDT)
-        for c in tl.static_range(2):
-            go = tl.load(gout_b + c * n, mask=lane, other=0.0).to(CDT)
-            if NEED_1:
-                gbase = g1_b + c * n
-                tl.atomic_add(gbase + o00, go * (wc0 * wa0), mask=q00)
-                tl.atomic_add(gbase + o01, go * (wc1 * wa0), mask=q01)
-                tl.atomic_add(gbase + o10, go * (wc0 * wa1), mask=q10)
-                tl.atomic_add(gbase + o11, go * (wc1 * wa1), mask=q11)
-            if NEED_2:
-                base = u1_b + c * n
-                s00 += go * tl.load(base + o00, mask=q00, other=0.0).to(CDT)
-                s01 += go * tl.load(base + o01, mask=q01, other=0.0).to(CDT)
-                s10 += go * tl.load(base + o10, mask=q10, other=0.0).to(CDT)
-                s11 += go * tl.load(base + o11, mask=q11, other=0.0).to(CDT)
-        if NEED_2:
-            d0, d1 = _bilinear_point_grad(s00, s01, s10, s11, wa0, wa1, wc0, wc1)
-            gp1 = d1 * (m1 * g1) * scale
-            gp0 = d0 * (m0 * g0) * scale
-            _emit_displacement_grad(gout_b, g2_b, n, lane, gp0, gp1, gp1, NDIM, G2_ATOMIC)
-    else:
-        (r00, r01, r10, r11, c0, c1, q000, q001, q010, q011, q100, q101, q110, q111,
-         wa0, wa1, wb0, wb1, wc0, wc1) = _trilinear_corners(p0, p1, p2, S0, S1, S2, lane)
-        s000 = tl.zeros([BLOCK], CDT)
-        s001 = tl.zeros([BLOCK], CDT)
-        s010 = tl.zeros([BLOCK], CDT)
-        s011 = tl.zeros([BLOCK], CDT)
-        s100 = tl.zeros([BLOCK], CDT)
-        s101 = tl.zeros([BLOCK], CDT)
-        s110 = tl.zeros([BLOCK], CDT)
-        s111 = tl.zeros([BLOCK], CDT)
-        for c in tl.static_range(3):
-            go = tl.load(gout_b + c * n, mask=lane, other=0.0).to(CDT)
-            if NEED_1:
-                gbase = g1_b + c * n
-                tl.atomic_add(gbase + r00 + c0, go * (wc0 * wb0 * wa0), mask=q000)
-                tl.atomic_add(gbase + r00 + c1, go * (wc1 * wb0 * wa0), mask=q001)
-                tl.atomic_add(gbase + r01 + c0, go * (wc0 * wb1 * wa0), mask=q010)
-                tl.atomic_add(gbase + r01 + c1, go * (wc1 * wb1 * wa0), mask=q011)
-                tl.atomic_add(gbase + r10 + c0, go * (wc0 * wb0 * wa1), mask=q100)
-                tl.atomic_add(gbase + r10 + c1, go * (wc1 * wb0 * wa1), mask=q101)
-                tl.atomic_add(gbase + r11 + c0, go * (wc0 * wb1 * wa1), mask=q110)
-                tl.atomic_add(gbase + r11 + c1, go * (wc1 * wb1 * wa1), mask=q111)
-            if NEED_2:
-                base = u1_b + c * n
-                s000 += go * tl.load(base + r00 + c0, mask=q000, other=0.0).to(CDT)
-                s001 += go * tl.load(base + r00 + c1, mask=q001, other=0.0).to(CDT)
-                s010 += go * tl.load(base + r01 + c0, mask=q010, other=0.0).to(CDT)
-                s011 += go * tl.load(base + r01 + c1, mask=q011, other=0.0).to(CDT)
-                s100 += go * tl.load(base + r10 + c0, mask=q100, other=0.0).to(CDT)
-                s101 += go * tl.load(base + r10 + c1, mask=q101, other=0.0).to(CDT)
-                s110 += go * tl.load(base + r11 + c0, mask=q110, other=0.0).to(CDT)
-                s111 += go * tl.load(base + r11 + c1, mask=q111, other=0.0).to(CDT)
-        if NEED_2:
-            d0, d1, d2 = _trilinear_point_grad(s000, s001, s010, s011, s100, s101, s110, s111,
-                                               wa0, wa1, wb0, wb1, wc0, wc1)
-            gp2 = d2 * (m2 * g2) * scale
-            gp1 = d1 * (m1 * g1) * scale
-            gp0 = d0 * (m0 * g0) * scale
-            _emit_displacement_grad(gout_b, g2_b, n, lane, gp0, gp1, gp2, NDIM, G2_ATOMIC)
+        else:
+            _emit_displacement_grad(gout_b, g2_b, n, lane, d0 * (m0 * g0) * scale, d1 * (m1 * g1) * scale,
+                                    d2 * (m2 * g2) * scale, NDIM, G2_ATOMIC)
 
 
 # --- launchers ------------------------------------------------------------------------------
 
-def _empty(shape, dtype, device) -> torch.Tensor:
-    """A buffer the kernel writes completely (tests replace this with a NaN-filled one)."""
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
-def _launch(u):
+def _launch(u: torch.Tensor) -> tuple[int, int]:
     return (triton.cdiv(math.prod(u.shape[2:]), BLOCK), u.shape[0])
 
 
-def _step(u1, u2, scale, mode, padding_mode, out_dtype):
+def _step(u1: torch.Tensor, u2: torch.Tensor, scale: float, mode: str, padding_mode: str,
+          out_dtype: torch.dtype) -> torch.Tensor:
     """One fused step ``s*u2 + sample(s*u1, x + s*u2)`` into a new ``out_dtype`` field."""
-    out = _empty(u2.shape, out_dtype, u2.device)
+    out = _common.empty(u2.shape, out_dtype, u2.device)
     if out.numel() == 0:
         return out
-    cdt, _ = _compute_dtype(u2.dtype)
+    cdt, _ = _common.compute_dtype(u2.dtype)
     _step_forward_kernel[_launch(u2)](
-        out, u1, u2, scale, *_sizes(u2.shape[2:]),
+        out, u1, u2, scale, *sizes(u2.shape[2:]),
         NDIM=u2.dim() - 2, MODE=MODE_CODE[mode], PADDING=PADDING_CODE[padding_mode], CDT=cdt,
         BLOCK=BLOCK, num_warps=NUM_WARPS,
     )
     return out
 
 
-def _step_backward(grad, u1, u2, scale, mode, padding_mode, g1, g2, need_1, need_2, g2_atomic):
+def _step_backward(grad: torch.Tensor, u1: torch.Tensor, u2: torch.Tensor, scale: float, mode: str, padding_mode: str,
+                   g1: torch.Tensor | None, g2: torch.Tensor | None, need_1: bool, need_2: bool,
+                   g2_atomic: bool) -> None:
     if not (need_1 or need_2) or grad.numel() == 0:
         return
-    cdt, _ = _compute_dtype(u2.dtype)
+    cdt, _ = _common.compute_dtype(u2.dtype)
     _step_backward_kernel[_launch(u2)](
         grad, u1, u2, g1 if g1 is not None else grad, g2 if g2 is not None else grad, scale,
-        *_sizes(u2.shape[2:]),
+        *sizes(u2.shape[2:]),
         NDIM=u2.dim() - 2, MODE=MODE_CODE[mode], PADDING=PADDING_CODE[padding_mode], CDT=cdt,
         NEED_1=bool(need_1), NEED_2=bool(need_2), G2_ATOMIC=bool(g2_atomic), BLOCK=BLOCK, num_warps=NUM_WARPS,
     )
 
 
-def _scatter_det(grad, u1, u2, scale, mode, padding_mode, acc, out=None):
+def _scatter_det(grad: torch.Tensor, u1: torch.Tensor, u2: torch.Tensor, scale: float, mode: str, padding_mode: str,
+                 acc: torch.dtype, out: torch.Tensor | None = None) -> torch.Tensor:
     """Deterministic gradient w.r.t. the sampled field (gather formulation), onto ``out``."""
-    from regnet.ops._triton import scatter
-
     return scatter.image_grad(grad, u2, u1.shape, SOURCE_DDF, mode, padding_mode, True,
                               acc_dtype=acc, scale=scale, out=out)
 
 
 # --- backend namespace (same names and signatures as regnet.ops._torch) ----------------------
 
-def compose_forward(u1, u2, mode, padding_mode):
+def compose_forward(u1: torch.Tensor, u2: torch.Tensor, mode: str, padding_mode: str) -> torch.Tensor:
     u1, u2 = u1.contiguous(), u2.contiguous()
-    _check_int32(u1)
+    check_int32(u1)
     return _step(u1, u2, 1.0, mode, padding_mode, u1.dtype)
 
 
-def compose_backward(grad, u1, u2, mode, padding_mode, needs_u1, needs_u2):
+def compose_backward(grad: torch.Tensor, u1: torch.Tensor, u2: torch.Tensor, mode: str, padding_mode: str,
+                     needs_u1: bool, needs_u2: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Return ``(grad_u1, grad_u2)``; an entry is ``None`` when not needed."""
     if not (needs_u1 or needs_u2):
         return None, None
     grad, u1, u2 = grad.contiguous(), u1.contiguous(), u2.contiguous()
-    _check_int32(u1)
-    _, acc = _compute_dtype(u1.dtype)
-    det = is_deterministic()
+    check_int32(u1)
+    _, acc = _common.compute_dtype(u1.dtype)
+    det = _state.is_deterministic()
     grad_u1 = torch.zeros(u1.shape, dtype=acc, device=u1.device) if needs_u1 and not det else None
-    grad_u2 = _empty(u2.shape, u2.dtype, u2.device) if needs_u2 else None
+    grad_u2 = _common.empty(u2.shape, u2.dtype, u2.device) if needs_u2 else None
     _step_backward(grad, u1, u2, 1.0, mode, padding_mode, grad_u1, grad_u2,
                    needs_u1 and not det, needs_u2, False)
     if needs_u1 and det:
@@ -294,7 +187,7 @@ def compose_backward(grad, u1, u2, mode, padding_mode, needs_u1, needs_u2):
     return grad_u1, grad_u2
 
 
-def _first(svf, steps):
+def _first(svf: torch.Tensor, steps: int) -> tuple[torch.Tensor, float]:
     """The first squaring's input as ``(field, scale)``: ``svf`` with ``2**-steps`` (exact), or
     for very many steps ``svf / 2**steps`` materialised, as the reference computes it."""
     svf = svf.contiguous()
@@ -303,17 +196,17 @@ def _first(svf, steps):
     return svf / (2**steps), 1.0
 
 
-def _buffer_dtype(dtype):
+def _buffer_dtype(dtype: torch.dtype) -> torch.dtype:
     """Intermediate fields and gradients: float32 for float16/bfloat16, else the dtype."""
-    return _compute_dtype(dtype)[1]
+    return _common.compute_dtype(dtype)[1]
 
 
-def exp_forward(svf, steps, mode, padding_mode):
+def exp_forward(svf: torch.Tensor, steps: int, mode: str, padding_mode: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Scaling and squaring. Returns ``(ddf, saved)`` with ``saved = [svf]``: the backward
     recomputes the intermediate fields (see the module docstring)."""
     if steps == 0:
         return svf.clone(), []
-    _check_int32(svf)
+    check_int32(svf)
     u, scale = _first(svf, steps)
     dtype = _buffer_dtype(svf.dtype)
     for _ in range(steps):
@@ -327,7 +220,8 @@ def _segment_length(steps: int) -> int:
     return math.isqrt(steps - 1) + 1
 
 
-def exp_backward(grad, saved, steps, mode, padding_mode):
+def exp_backward(grad: torch.Tensor, saved: list[torch.Tensor], steps: int, mode: str,
+                 padding_mode: str) -> torch.Tensor:
     """Back through the ``steps`` squarings ``u' = u + warp(u, u)``, recomputing the fields
     from ``saved = [svf]`` segment by segment. ``saved`` is consumed."""
     if steps == 0:
@@ -335,7 +229,7 @@ def exp_backward(grad, saved, steps, mode, padding_mode):
     svf = saved.pop()
     first, first_scale = _first(svf, steps)
     dtype = _buffer_dtype(svf.dtype)
-    det = is_deterministic()
+    det = _state.is_deterministic()
     seg = _segment_length(steps)
     # checkpoints[k] = (u_k, scale): the input of squaring k, for k = 0, seg, 2 seg, ...
     checkpoints = {0: (first, first_scale)}
@@ -354,7 +248,7 @@ def exp_backward(grad, saved, steps, mode, padding_mode):
         while fields:
             f, s = fields.pop()
             if det:
-                new = _empty(g.shape, dtype, g.device)
+                new = _common.empty(g.shape, dtype, g.device)
                 _step_backward(g, f, f, s, mode, padding_mode, None, new, False, True, False)
                 new = _scatter_det(g, f, f, s, mode, padding_mode, dtype, out=new)
             else:

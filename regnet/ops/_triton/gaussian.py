@@ -27,22 +27,19 @@ the result is rounded to the input dtype once.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import triton
 import triton.language as tl
 
 from regnet.ops._torch.gaussian import kernel1d, radius
+from regnet.ops._triton import _common
 
 BLOCK = 256
 NUM_WARPS = 4
 MODE_CODE = {"constant": 0, "nearest": 1, "reflect": 2, "mirror": 3, "wrap": 4}
 _ARGS = ["N_IN", "N_OUT", "INNER", "TAPS", "SHIFT", "total"]
-
-
-def _empty(shape, dtype, device) -> torch.Tensor:
-    """A buffer the kernels write completely (tests replace this with a poisoned one)."""
-    return torch.empty(shape, dtype=dtype, device=device)
 
 
 @triton.jit
@@ -136,58 +133,52 @@ def _fold_kernel(
     tl.store(g_ptr + offs, acc.to(g_ptr.dtype.element_ty), mask=lane)
 
 
-def _acc(dtype):
-    return (tl.float64, torch.float64) if dtype == torch.float64 else (tl.float32, torch.float32)
-
-
 def _mode_code(mode: str, n: int) -> int:
     # An axis of one voxel: every position maps to it in all modes but ``constant``.
     return MODE_CODE["nearest"] if n == 1 and mode != "constant" else MODE_CODE[mode]
 
 
-def _correlate(x, axis, k, n_out, shift, mode_code, out_dtype):
-    """Correlate along ``axis`` of contiguous ``x`` into a new ``out_dtype`` tensor."""
+def _along(x: torch.Tensor, axis: int, n: int, dtype: torch.dtype) -> tuple[torch.Tensor, int]:
+    """A new ``dtype`` tensor of ``x``'s shape with ``n`` along ``axis`` (a kernel writes it
+    completely), and the stride of ``axis`` in it."""
     shape = list(x.shape)
-    n_in = shape[axis]
-    shape[axis] = n_out
-    inner = math.prod(shape[axis + 1:])
-    y = _empty(tuple(shape), out_dtype, x.device)
-    total = y.numel()
-    if total == 0:
-        return y
-    cdt, _ = _acc(x.dtype)
-    _correlate_kernel[(triton.cdiv(total, BLOCK),)](
-        y, x, k, n_in, n_out, inner, k.numel(), shift, total,
-        MODE=mode_code, CDT=cdt, BLOCK=BLOCK, num_warps=NUM_WARPS,
-    )
+    shape[axis] = n
+    return _common.empty(shape, dtype, x.device), math.prod(shape[axis + 1:])
+
+
+def _correlate(x: torch.Tensor, axis: int, k: torch.Tensor, n_out: int, shift: int, mode_code: int,
+               out_dtype: torch.dtype) -> torch.Tensor:
+    """Correlate along ``axis`` of contiguous ``x`` into a new ``out_dtype`` tensor."""
+    y, inner = _along(x, axis, n_out, out_dtype)
+    if y.numel():
+        _correlate_kernel[(triton.cdiv(y.numel(), BLOCK),)](
+            y, x, k, x.shape[axis], n_out, inner, k.numel(), shift, y.numel(),
+            MODE=mode_code, CDT=_common.compute_dtype(x.dtype)[0], BLOCK=BLOCK, num_warps=NUM_WARPS,
+        )
     return y
 
 
-def _fold(h, axis, n, r, mode_code, out_dtype):
-    shape = list(h.shape)
-    shape[axis] = n
-    inner = math.prod(shape[axis + 1:])
-    g = _empty(tuple(shape), out_dtype, h.device)
-    total = g.numel()
-    if total == 0:
-        return g
-    cdt, _ = _acc(h.dtype)
-    _fold_kernel[(triton.cdiv(total, BLOCK),)](
-        g, h, n, r, inner, total, MODE=mode_code, CDT=cdt, BLOCK=BLOCK, num_warps=NUM_WARPS,
-    )
+def _fold(h: torch.Tensor, axis: int, n: int, r: int, mode_code: int, out_dtype: torch.dtype) -> torch.Tensor:
+    """Fold the correlated, zero-extended gradient ``h`` back onto the ``n`` boundary indices."""
+    g, inner = _along(h, axis, n, out_dtype)
+    if g.numel():
+        _fold_kernel[(triton.cdiv(g.numel(), BLOCK),)](
+            g, h, n, r, inner, g.numel(), MODE=mode_code, CDT=_common.compute_dtype(h.dtype)[0], BLOCK=BLOCK,
+            num_warps=NUM_WARPS,
+        )
     return g
 
 
-def _check_size(x):
+def _smoothed_axes(x: torch.Tensor, sigma: Sequence[float]) -> tuple[torch.dtype, list[tuple[int, float]]]:
+    """The dtype of the intermediate passes and the ``(axis, sigma)`` of each smoothed axis."""
     if x.numel() > 2**62:  # pragma: no cover - offsets are int64
         raise ValueError(f"gaussian_smooth: tensor of {x.numel()} elements is too large")
+    return _common.compute_dtype(x.dtype)[1], [(axis, s) for axis, s in enumerate(sigma, start=2) if s > 0]
 
 
-def gaussian_smooth_forward(x, sigma, mode, truncate):
+def gaussian_smooth_forward(x: torch.Tensor, sigma: Sequence[float], mode: str, truncate: float) -> torch.Tensor:
     """``x``: ``(B, C, *spatial)``; ``sigma``: one float per spatial axis (voxels)."""
-    _check_size(x)
-    _, acc = _acc(x.dtype)
-    axes = [(axis, s) for axis, s in enumerate(sigma, start=2) if s > 0]
+    acc, axes = _smoothed_axes(x, sigma)
     if not axes:
         return x.clone()
     y = x.contiguous()
@@ -199,10 +190,8 @@ def gaussian_smooth_forward(x, sigma, mode, truncate):
     return y
 
 
-def gaussian_smooth_backward(grad, sigma, mode, truncate):
-    _check_size(grad)
-    _, acc = _acc(grad.dtype)
-    axes = [(axis, s) for axis, s in enumerate(sigma, start=2) if s > 0]
+def gaussian_smooth_backward(grad: torch.Tensor, sigma: Sequence[float], mode: str, truncate: float) -> torch.Tensor:
+    acc, axes = _smoothed_axes(grad, sigma)
     if not axes:
         return grad.clone()
     g = grad.contiguous()

@@ -11,7 +11,7 @@ rows, ``BINS`` = the bin count rounded up to a power of two >= 16, padded bins a
 zero), and accumulates the block's joint histogram ``wa^T wb`` with ``tl.dot`` (IEEE float32,
 no TF32; float64 for float64). At the end the program adds its ``bins x bins`` partial
 histogram to the item's with one atomic add per bin; in deterministic mode
-(:func:`regnet.ops._backend.is_deterministic`) it stores the partial into a
+(:func:`regnet.ops._state.is_deterministic`) it stores the partial into a
 ``(B, P, bins, bins)`` buffer that torch sums in a fixed order. ``P`` is capped
 (``PROGRAMS`` over the batch), so that buffer stays small. No ``(B, N, bins)`` tensor exists.
 
@@ -35,19 +35,15 @@ import torch
 import triton
 import triton.language as tl
 
-from regnet.ops._backend import is_deterministic
+from regnet.ops import _state
 from regnet.ops._constants import constant
-from regnet.ops._torch.joint_histogram import PADDING, _compute_dtype
+from regnet.ops._torch.joint_histogram import PADDING
+from regnet.ops._triton import _common
 
 BLOCK = 64
 NUM_WARPS = 4
 PROGRAMS = 2048  # programs over the whole batch (per item: PROGRAMS // B, at least 1)
 GAUSSIAN, BSPLINE = 0, 1
-
-
-def _empty(shape, dtype, device) -> torch.Tensor:
-    """A buffer the kernels write completely (tests replace this with a poisoned one)."""
-    return torch.empty(shape, dtype=dtype, device=device)
 
 
 # --- jit helpers ----------------------------------------------------------------------------
@@ -58,6 +54,16 @@ def _round_half_even(y):
     r = tl.floor(y + 0.5)
     odd = (r.to(tl.int64) % 2) != 0
     return tl.where((r - y == 0.5) & odd, r - 1.0, r)
+
+
+@triton.jit
+def _load_block(p_ptr, t_ptr, b, N, start, CDT: tl.constexpr, BLOCK: tl.constexpr):
+    """The block of item ``b``'s samples from ``start``: offsets, lanes, pred and target values."""
+    offs = start + tl.arange(0, BLOCK)
+    lane = offs < N
+    x = tl.load(p_ptr + b * N + offs, mask=lane, other=0.0).to(CDT)
+    y = tl.load(t_ptr + b * N + offs, mask=lane, other=0.0).to(CDT)
+    return offs, lane, x, y
 
 
 @triton.jit
@@ -145,10 +151,7 @@ def _histogram_kernel(
         h_t = tl.load(pt_ptr + b * 4 + 2).to(CDT)
     acc = tl.zeros([BINS, BINS], CDT)
     for start in range(pid * BLOCK, N, P * BLOCK):
-        offs = start + tl.arange(0, BLOCK)
-        lane = offs < N
-        x = tl.load(p_ptr + b * N + offs, mask=lane, other=0.0).to(CDT)
-        y = tl.load(t_ptr + b * N + offs, mask=lane, other=0.0).to(CDT)
+        offs, lane, x, y = _load_block(p_ptr, t_ptr, b, N, start, CDT, BLOCK)
         if KERNEL == 0:
             wa, _ = _gaussian_weights(x, lane, cen_ptr, NB, preterm, CDT, BINS)
             wb, _ = _gaussian_weights(y, lane, cen_ptr, NB, preterm, CDT, BINS)
@@ -195,10 +198,7 @@ def _histogram_backward_kernel(
         ties_min = tl.zeros([BLOCK], CDT)
         ties_max = tl.zeros([BLOCK], CDT)
     for start in range(pid * BLOCK, N, P * BLOCK):
-        offs = start + tl.arange(0, BLOCK)
-        lane = offs < N
-        x = tl.load(p_ptr + b * N + offs, mask=lane, other=0.0).to(CDT)
-        y = tl.load(t_ptr + b * N + offs, mask=lane, other=0.0).to(CDT)
+        offs, lane, x, y = _load_block(p_ptr, t_ptr, b, N, start, CDT, BLOCK)
         if KERNEL == 0:
             wa, centres = _gaussian_weights(x, lane, cen_ptr, NB, preterm, CDT, BINS)
             wb, _ = _gaussian_weights(y, lane, cen_ptr, NB, preterm, CDT, BINS)
@@ -252,10 +252,6 @@ def _extremes_kernel(out_ptr, r_ptr, p_ptr, pp_ptr, ext_ptr, N, CDT: tl.constexp
 
 # --- launchers ------------------------------------------------------------------------------
 
-def _triton_dtype(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
 @functools.lru_cache(maxsize=64)
 def _centre_values(num_bins: int) -> tuple[float, ...]:
     """MONAI's bin centres: float32 ``linspace(0, 1, bins)`` (cast to the compute dtype on use)."""
@@ -265,8 +261,7 @@ def _centre_values(num_bins: int) -> tuple[float, ...]:
 class _Problem:
     def __init__(self, pred, target, num_bins, kernel, preterm):
         self.dtype = pred.dtype
-        self.acc = _compute_dtype(pred.dtype)
-        self.cdt = _triton_dtype(self.acc)
+        self.cdt, self.acc = _common.compute_dtype(pred.dtype)
         self.device = pred.device
         self.B = pred.shape[0]
         self.p = pred.detach().reshape(self.B, -1).contiguous()
@@ -297,11 +292,12 @@ class _Problem:
         return {"CDT": self.cdt, "BLOCK": BLOCK, "BINS": self.bins, "num_warps": NUM_WARPS}
 
 
-def joint_histogram_forward(pred, target, num_bins, kernel, preterm):
+def joint_histogram_forward(pred: torch.Tensor, target: torch.Tensor, num_bins: int, kernel: str,
+                            preterm: float) -> torch.Tensor:
     pr = _Problem(pred, target, num_bins, kernel, preterm)
-    det = is_deterministic()
+    det = _state.is_deterministic()
     if det:
-        hist = _empty((pr.B, pr.P, num_bins, num_bins), pr.acc, pr.device)
+        hist = _common.empty((pr.B, pr.P, num_bins, num_bins), pr.acc, pr.device)
     else:
         hist = torch.zeros((pr.B, num_bins, num_bins), dtype=pr.acc, device=pr.device)
     _histogram_kernel[pr.grid](
@@ -313,15 +309,17 @@ def joint_histogram_forward(pred, target, num_bins, kernel, preterm):
     return hist.div_(pr.N).to(pred.dtype)
 
 
-def joint_histogram_backward(grad, pred, target, num_bins, kernel, preterm, needs_pred, needs_target):
+def joint_histogram_backward(grad: torch.Tensor, pred: torch.Tensor, target: torch.Tensor, num_bins: int, kernel: str,
+                             preterm: float, needs_pred: bool,
+                             needs_target: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     pr = _Problem(pred, target, num_bins, kernel, preterm)
     G = (grad.to(pr.acc) / pr.N).contiguous()
     grad_pred = grad_target = None
     if pr.kernel == GAUSSIAN:
         if not (needs_pred or needs_target):
             return None, None
-        grad_pred = _empty(pr.p.shape, pred.dtype, pr.device) if needs_pred else None
-        grad_target = _empty(pr.t.shape, target.dtype, pr.device) if needs_target else None
+        grad_pred = _common.empty(pr.p.shape, pred.dtype, pr.device) if needs_pred else None
+        grad_target = _common.empty(pr.t.shape, target.dtype, pr.device) if needs_target else None
         _histogram_backward_kernel[pr.grid](
             grad_pred if needs_pred else pr.p, grad_target if needs_target else pr.t, pr.params, G,
             pr.p, pr.t, pr.centres, pr.params, pr.params, pr.params, pr.N, num_bins, pr.P,
@@ -329,8 +327,8 @@ def joint_histogram_backward(grad, pred, target, num_bins, kernel, preterm, need
         )
     else:
         if needs_pred:
-            r = _empty(pr.p.shape, pr.acc, pr.device)
-            parts = _empty((pr.B, pr.P, 4), pr.acc, pr.device)
+            r = _common.empty(pr.p.shape, pr.acc, pr.device)
+            parts = _common.empty((pr.B, pr.P, 4), pr.acc, pr.device)
             _histogram_backward_kernel[pr.grid](
                 r, r, parts, G, pr.p, pr.t, pr.centres, pr.place_p, pr.place_t, pr.params, pr.N, num_bins, pr.P,
                 KERNEL=BSPLINE, NEED_P=True, NEED_T=False, **pr.launch_args(),
@@ -342,7 +340,7 @@ def joint_histogram_backward(grad, pred, target, num_bins, kernel, preterm, need
             extremes = torch.stack(
                 [-below / denominator / ties_min.clamp_min(1), -above / denominator / ties_max.clamp_min(1)], dim=1
             ).contiguous()
-            grad_pred = r if pred.dtype == pr.acc else _empty(pr.p.shape, pred.dtype, pr.device)
+            grad_pred = r if pred.dtype == pr.acc else _common.empty(pr.p.shape, pred.dtype, pr.device)
             _extremes_kernel[(triton.cdiv(pr.N, BLOCK), pr.B)](
                 grad_pred, r, pr.p, pr.place_p, extremes, pr.N, CDT=pr.cdt, BLOCK=BLOCK, num_warps=NUM_WARPS,
             )

@@ -48,6 +48,7 @@ import triton
 import triton.language as tl
 
 from regnet.ops._constants import constant
+from regnet.ops._triton import _common
 
 BLOCK = 256
 NUM_WARPS = 4
@@ -56,11 +57,6 @@ OUT_SUMS, OUT_MAP, OUT_COEFFICIENTS, OUT_PARTIAL = 0, 1, 2, 3
 GRAD_MAP, GRAD_SUM, GRAD_MEAN = 0, 1, 2  # the gradient: a map, or 0-d for a sum / a mean
 _GRAD_MODES = {"none": GRAD_MAP, "sum": GRAD_SUM, "mean": GRAD_MEAN}
 _ARGS = ["AX_N", "INNER", "M", "SP", "S0", "S1", "S2", "TAPS", "R"]
-
-
-def _empty(shape, dtype, device) -> torch.Tensor:
-    """A buffer the kernels write completely (tests replace this with a poisoned one)."""
-    return torch.empty(shape, dtype=dtype, device=device)
 
 
 # --- jit helpers ----------------------------------------------------------------------------
@@ -245,19 +241,13 @@ def _gradient_kernel(
 
 # --- launchers ------------------------------------------------------------------------------
 
-def _compute_dtype(dtype: torch.dtype):
-    if dtype == torch.float64:
-        return tl.float64, torch.float64
-    return tl.float32, torch.float32
-
-
 class _Problem:
     """Contiguous inputs, shifts, window and sizes shared by the forward and backward passes."""
 
     def __init__(self, pred, target, k, V, smooth_nr, floor, eps):
         self.dtype = pred.dtype
         self.device = pred.device
-        self.cdt, self.acc = _compute_dtype(pred.dtype)
+        self.cdt, self.acc = _common.compute_dtype(pred.dtype)
         self.shape = tuple(pred.shape)
         self.spatial = [int(s) for s in pred.shape[2:]]
         self.ndim = len(self.spatial)
@@ -288,7 +278,7 @@ class _Problem:
         src = self.p
         for a in range(self.ndim):
             last = a == self.ndim - 1
-            dst = out if last else _empty((QUANTITIES, self.M), self.acc, self.device)
+            dst = out if last else _common.empty((QUANTITIES, self.M), self.acc, self.device)
             n, inner = self.axis(a)
             _statistics_kernel[self.grid](
                 dst, src, self.p, self.t, self.cp, self.ct, self.p if grad is None else grad, self.k, self.params,
@@ -300,16 +290,17 @@ class _Problem:
             src = dst
 
 
-def local_ncc_forward(pred, target, k, V, smooth_nr, floor, eps, reduction="none"):
+def local_ncc_forward(pred: torch.Tensor, target: torch.Tensor, k: torch.Tensor, V: float, smooth_nr: float,
+                      floor: float, eps: float, reduction: str = "none") -> torch.Tensor:
     """The NCC map ``(B, C, *spatial)``, or its mean / sum (0-d), in ``pred``'s dtype (see the
     reference for the terms)."""
     problem = _Problem(pred, target, k, V, smooth_nr, floor, eps)
     if reduction == "none":
-        out = _empty(problem.shape, pred.dtype, pred.device)
+        out = _common.empty(problem.shape, pred.dtype, pred.device)
         if problem.M:
             problem.statistics(OUT_MAP, out)
         return out
-    partials = _empty(problem.grid, problem.acc, problem.device)
+    partials = _common.empty(problem.grid, problem.acc, problem.device)
     if problem.M:
         problem.statistics(OUT_PARTIAL, partials)
     total = partials.sum()  # fixed order: the same bits every run
@@ -318,25 +309,27 @@ def local_ncc_forward(pred, target, k, V, smooth_nr, floor, eps, reduction="none
     return total.to(pred.dtype)
 
 
-def local_ncc_backward(grad, pred, target, k, V, smooth_nr, floor, eps, needs_pred, needs_target, reduction="none"):
+def local_ncc_backward(grad: torch.Tensor, pred: torch.Tensor, target: torch.Tensor, k: torch.Tensor, V: float,
+                       smooth_nr: float, floor: float, eps: float, needs_pred: bool, needs_target: bool,
+                       reduction: str = "none") -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Gradients of the map (``grad``: ``(B, C, *spatial)``) or of its mean / sum (``grad``: 0-d,
     read by the kernel from the device, never by the host)."""
     if not (needs_pred or needs_target):
         return None, None
     problem = _Problem(pred, target, k, V, smooth_nr, floor, eps)
-    grad_pred = _empty(problem.shape, pred.dtype, pred.device) if needs_pred else None
-    grad_target = _empty(problem.shape, target.dtype, target.device) if needs_target else None
+    grad_pred = _common.empty(problem.shape, pred.dtype, pred.device) if needs_pred else None
+    grad_target = _common.empty(problem.shape, target.dtype, target.device) if needs_target else None
     if not problem.M:
         return grad_pred, grad_target
     maps = 1 + 2 * int(bool(needs_pred)) + 2 * int(bool(needs_target))
-    coefficients = _empty((maps, problem.M), problem.acc, problem.device)
+    coefficients = _common.empty((maps, problem.M), problem.acc, problem.device)
     grad = grad.contiguous() if reduction == "none" else grad.reshape(())
     problem.statistics(OUT_COEFFICIENTS, coefficients, grad, needs_pred, needs_target, _GRAD_MODES[reduction])
     src = coefficients
     for a in range(problem.ndim):
         n, inner = problem.axis(a)
         if a < problem.ndim - 1:
-            dst = _empty((maps, problem.M), problem.acc, problem.device)
+            dst = _common.empty((maps, problem.M), problem.acc, problem.device)
             _window_kernel[problem.grid](
                 dst, src, problem.k, n, inner, problem.M, problem.taps, problem.r, maps,
                 CDT=problem.cdt, BLOCK=BLOCK, num_warps=NUM_WARPS,

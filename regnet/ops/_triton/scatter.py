@@ -28,28 +28,25 @@ row. This is the price of bitwise repeatable gradients; the default path stays a
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import triton
 import triton.language as tl
 
 from regnet.ops._modes import MODE_CODE, PADDING_CODE
-from regnet.ops._triton.sampling import (
-    _SIZE_ARGS,
-    _bilinear_corners,
-    _nearest_offset,
-    _padded_point,
-    _sizes,
-    _trilinear_corners,
+from regnet.ops._triton import _common
+from regnet.ops._triton._interpolation import (
+    SIZE_ARGS,
+    bilinear_corners,
+    nearest_offset,
+    padded_point,
+    sizes,
+    trilinear_corners,
 )
 
 BLOCK = 256
 NUM_WARPS = 4
-
-
-def _empty(shape, dtype, device) -> torch.Tensor:
-    """A buffer the kernels write completely (tests replace this with a poisoned one)."""
-    return torch.empty(shape, dtype=dtype, device=device)
 
 
 @triton.jit
@@ -58,29 +55,29 @@ def _put_corner(key_ptr, w_ptr, j, key, valid, w, sentinel, lane):
     tl.store(w_ptr + j, tl.where(valid, w, 0.0).to(w_ptr.dtype.element_ty), mask=lane)
 
 
-@triton.jit(do_not_specialize=_SIZE_ARGS + ["sentinel"])
+@triton.jit(do_not_specialize=SIZE_ARGS + ["sentinel"])
 def _plan_kernel(
     key_ptr, w_ptr, src_ptr, scale, sentinel,
     S0, S1, S2, O0, O1, O2,
     NDIM: tl.constexpr, SOURCE: tl.constexpr, MODE: tl.constexpr, PADDING: tl.constexpr,
     ALIGN: tl.constexpr, CDT: tl.constexpr, K: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    b, offs, lane, n_out, n_in, p0, p1, p2, g0, g1, g2, m0, m1, m2, x, y, z = _padded_point(
+    b, offs, lane, n_out, n_in, p0, p1, p2, g0, g1, g2, m0, m1, m2, x, y, z = padded_point(
         src_ptr, scale, S0, S1, S2, O0, O1, O2, NDIM, SOURCE, PADDING, ALIGN, CDT, BLOCK)
     j = (b * n_out + offs) * K
     base = b * n_in
     if MODE == 1:
-        off, valid = _nearest_offset(p0, p1, p2, S0, S1, S2, lane, NDIM)
+        off, valid = nearest_offset(p0, p1, p2, S0, S1, S2, lane, NDIM)
         _put_corner(key_ptr, w_ptr, j, base + off, valid, tl.zeros_like(p0) + 1, sentinel, lane)
     elif NDIM == 2:
-        o00, o01, o10, o11, q00, q01, q10, q11, wa0, wa1, wc0, wc1 = _bilinear_corners(p0, p1, S0, S1, lane)
+        o00, o01, o10, o11, q00, q01, q10, q11, wa0, wa1, wc0, wc1 = bilinear_corners(p0, p1, S0, S1, lane)
         _put_corner(key_ptr, w_ptr, j + 0, base + o00, q00, wc0 * wa0, sentinel, lane)
         _put_corner(key_ptr, w_ptr, j + 1, base + o01, q01, wc1 * wa0, sentinel, lane)
         _put_corner(key_ptr, w_ptr, j + 2, base + o10, q10, wc0 * wa1, sentinel, lane)
         _put_corner(key_ptr, w_ptr, j + 3, base + o11, q11, wc1 * wa1, sentinel, lane)
     else:
         (r00, r01, r10, r11, c0, c1, q000, q001, q010, q011, q100, q101, q110, q111,
-         wa0, wa1, wb0, wb1, wc0, wc1) = _trilinear_corners(p0, p1, p2, S0, S1, S2, lane)
+         wa0, wa1, wb0, wb1, wc0, wc1) = trilinear_corners(p0, p1, p2, S0, S1, S2, lane)
         _put_corner(key_ptr, w_ptr, j + 0, base + r00 + c0, q000, wc0 * wb0 * wa0, sentinel, lane)
         _put_corner(key_ptr, w_ptr, j + 1, base + r00 + c1, q001, wc1 * wb0 * wa0, sentinel, lane)
         _put_corner(key_ptr, w_ptr, j + 2, base + r01 + c0, q010, wc0 * wb1 * wa0, sentinel, lane)
@@ -119,8 +116,9 @@ def _csr_gather_kernel(
     tl.store(dst, acc.to(out_ptr.dtype.element_ty), mask=lane)
 
 
-def image_grad(grad, src, image_shape, source, mode, padding_mode, align_corners, *,
-               acc_dtype, scale=1.0, out=None):
+def image_grad(grad: torch.Tensor, src: torch.Tensor, image_shape: Sequence[int], source: int, mode: str,
+               padding_mode: str, align_corners: bool, *, acc_dtype: torch.dtype, scale: float = 1.0,
+               out: torch.Tensor | None = None) -> torch.Tensor:
     """Deterministic ``d loss / d image`` of a sampling kernel.
 
     Args:
@@ -129,7 +127,7 @@ def image_grad(grad, src, image_shape, source, mode, padding_mode, align_corners
             compute dtype), ``SOURCE`` code ``source``.
         image_shape: ``(B, C, *spatial)`` of the sampled image.
         acc_dtype: dtype of the result (float32, float64 for float64 inputs).
-        scale: the DDF source's displacement factor (see ``sampling._sample_point``).
+        scale: the DDF source's displacement factor (see ``_interpolation.sample_point``).
         out: ``(B, C, *spatial)`` contiguous ``acc_dtype`` tensor to add the gradient onto in
             place (each element read and written once, by one program); a new tensor if None.
     """
@@ -141,7 +139,7 @@ def image_grad(grad, src, image_shape, source, mode, padding_mode, align_corners
     device = grad.device
     has_init = out is not None
     if out is None:
-        out = _empty(image_shape, acc_dtype, device)
+        out = _common.empty(image_shape, acc_dtype, device)
     if out.numel() == 0:
         return out
     if n_out == 0:
@@ -149,11 +147,11 @@ def image_grad(grad, src, image_shape, source, mode, padding_mode, align_corners
     k = 1 if mode == "nearest" else 2**ndim
     total = batch * n_in
     key_dtype = torch.int32 if total < 2**31 - 1 else torch.int64
-    cdt = tl.float64 if acc_dtype == torch.float64 else tl.float32
-    keys = _empty((batch * n_out * k,), key_dtype, device)
-    weights = _empty((batch * n_out * k,), acc_dtype, device)
+    cdt, _ = _common.compute_dtype(acc_dtype)
+    keys = _common.empty((batch * n_out * k,), key_dtype, device)
+    weights = _common.empty((batch * n_out * k,), acc_dtype, device)
     _plan_kernel[(triton.cdiv(n_out, BLOCK), batch)](
-        keys, weights, src, scale, total, *_sizes(spatial), *_sizes(out_spatial),
+        keys, weights, src, scale, total, *sizes(spatial), *sizes(out_spatial),
         NDIM=ndim, SOURCE=source, MODE=MODE_CODE[mode], PADDING=PADDING_CODE[padding_mode],
         ALIGN=bool(align_corners), CDT=cdt, K=k, BLOCK=BLOCK, num_warps=NUM_WARPS,
     )

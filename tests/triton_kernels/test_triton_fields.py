@@ -1,54 +1,35 @@
 """Triton field kernels (compose, exp) against the reference backend.
 
 As in ``test_triton_sampling.py``: the kernels run on CPU tensors through the Triton
-interpreter (``TRITON_INTERPRET=1``, set by ``tests/conftest.py`` and here), every
-mode x padding x ndim is compared forward and backward on tiny random fields with
-displacements far outside the grid, in float32 and float64; buffers the kernels must fill
-start poisoned (NaN, or -7 for integer buffers), and small blocks give several programs per
-batch item and a partial last block.
+interpreter, every mode x padding x ndim is compared forward and backward on tiny random
+fields with displacements far outside the grid, in float32 or float64 (each dtype meets each
+option); buffers the kernels must fill start poisoned (NaN, or -7 for integer buffers), and
+small blocks give several programs per batch item and a partial last block
+(``tests/triton_kernels/conftest.py``).
 """
 
-import os
+import pytest
+import torch
+from triton_helpers import DTYPES, MODES, PADDINGS, compare_with_reference, cycle, triton_device
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+from regnet import ops
+from regnet.ops import _backend
+from regnet.ops._triton import fields
 
-import itertools  # noqa: E402
+DEVICE = triton_device()
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from regnet import ops  # noqa: E402
-from regnet.ops import _backend  # noqa: E402
-from triton_helpers import (  # noqa: E402
-    INTERPRETER_WARNINGS,
-    MODES,
-    PADDINGS,
-    run_weighted,
-    small_blocks_and_poisoned_buffers,
-    triton_device,
-)
-
-triton = pytest.importorskip("triton")
-from regnet.ops._triton import fields, sampling, scatter  # noqa: E402
-
-DEVICE = triton_device(fields._step_forward_kernel)
-
-pytestmark = INTERPRETER_WARNINGS
-
-DTYPES = (torch.float32, torch.float64)
 TOL = {torch.float32: dict(rtol=1e-5, atol=2e-5), torch.float64: dict(rtol=1e-10, atol=1e-10)}
+# Every ndim x mode x padding (the kernels' specialisations) once, in float32 or float64 so
+# that each dtype meets each ndim, mode and padding.
+CASES = [(ndim, mode, padding, cycle(DTYPES, ndim, i, j))
+         for ndim in (2, 3) for i, mode in enumerate(MODES) for j, padding in enumerate(PADDINGS)]
+SPATIAL = {2: (5, 4), 3: (2, 3, 4)}
 
 
-
-@pytest.fixture(autouse=True)
-def _small_blocks_and_poisoned_buffers(monkeypatch):
-    small_blocks_and_poisoned_buffers(monkeypatch, sampling, fields, scatter)
-    _backend.set_deterministic(False)
-    yield
-    _backend.set_deterministic(False)
-
-
-def _field(ndim, dtype, spatial=(3, 4, 5), batch=2, scale=1.5, far=True):
+def _field(ndim, dtype, spatial=None, batch=2, scale=1.5, far=True):
+    """``(batch, ndim, *spatial)``; by default 5 x 4 (2D) or 2 x 3 x 4 (3D): 20 / 24 voxels, two
+    programs of 16 per item, the second partial."""
+    spatial = spatial or SPATIAL[ndim]
     u = torch.randn(batch, ndim, *spatial[:ndim], dtype=dtype, device=DEVICE) * scale
     if far:  # every 7th displacement several grid sizes away (reflections, clamping, zeros)
         flat = u.view(-1)
@@ -61,23 +42,10 @@ def _field(ndim, dtype, spatial=(3, 4, 5), batch=2, scale=1.5, far=True):
 def _compare(fn, inputs, tol=None, reference_dtype=None):
     """Triton vs reference, output and every input gradient. ``reference_dtype``: run the
     reference on the inputs cast to it (the oracle for float16/bfloat16 kernels)."""
-    dtype = inputs[0].dtype
-    ref_inputs = inputs if reference_dtype is None else [x.to(reference_dtype) for x in inputs]
-    with torch.no_grad():
-        shape = fn(*ref_inputs, backend="torch").shape
-    weight = torch.randn(shape, dtype=ref_inputs[0].dtype, device=DEVICE)
-    expected = run_weighted(fn, ref_inputs, "torch", weight)
-    actual = run_weighted(fn, inputs, "triton", weight.to(dtype))
-    for name, a, e in zip(("output", *(f"grad[{i}]" for i in range(len(inputs)))), actual, expected):
-        assert a.dtype == dtype and a.shape == e.shape, name
-        assert not a.isnan().any(), f"{name}: NaN (an element the kernel did not write)"
-        torch.testing.assert_close(a.to(e.dtype), e, **(tol or TOL[dtype]), msg=lambda m, name=name: f"{name}: {m}")
-    return actual
+    return compare_with_reference(fn, inputs, tol or TOL[inputs[0].dtype], reference_dtype=reference_dtype)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("mode,padding_mode", itertools.product(MODES, PADDINGS))
-@pytest.mark.parametrize("ndim", (2, 3))
+@pytest.mark.parametrize("ndim,mode,padding_mode,dtype", CASES)
 def test_compose_matches_reference(ndim, mode, padding_mode, dtype):
     # far displacements in u2 (the sample points); moderate values in u1, since the reference's
     # normalised round trip of the point's coordinate is amplified by the sampled values
@@ -85,9 +53,7 @@ def test_compose_matches_reference(ndim, mode, padding_mode, dtype):
     _compare(lambda a, b, backend: ops.compose(a, b, mode, padding_mode, backend=backend), (u1, u2))
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("mode,padding_mode", itertools.product(MODES, PADDINGS))
-@pytest.mark.parametrize("ndim", (2, 3))
+@pytest.mark.parametrize("ndim,mode,padding_mode,dtype", CASES)
 def test_exp_matches_reference(ndim, mode, padding_mode, dtype):
     # a velocity of a few voxels: the squarings move points across and out of the grid
     svf = _field(ndim, dtype, scale=3.0, far=False)
@@ -97,7 +63,7 @@ def test_exp_matches_reference(ndim, mode, padding_mode, dtype):
 @pytest.mark.parametrize("steps", (0, 1, 2, 4, 7, 10))
 def test_exp_steps_and_checkpoint_segments(steps):
     """Every segment layout of the recomputing backward (ceil(sqrt(steps)) per segment)."""
-    svf = _field(2, torch.float64, spatial=(5, 6), scale=4.0, far=False)
+    svf = _field(2, torch.float64, spatial=(3, 5), scale=4.0, far=False)
     _compare(lambda v, backend: ops.exp(v, steps, "bilinear", "border", backend=backend), (svf,))
 
 
@@ -138,8 +104,8 @@ def test_axes_of_one_voxel():
 
 
 def test_non_contiguous_inputs():
-    u1 = _field(3, torch.float32, spatial=(5, 4, 3), far=False).permute(0, 1, 4, 3, 2)  # (2, 3, 3, 4, 5)
-    u2 = _field(3, torch.float32, spatial=(3, 4, 5)).flip(2)
+    u1 = _field(3, torch.float32, spatial=(4, 3, 2), far=False).permute(0, 1, 4, 3, 2)  # (2, 3, 2, 3, 4)
+    u2 = _field(3, torch.float32, spatial=(2, 3, 4)).flip(2)
     svf = _field(2, torch.float32, spatial=(6, 5), far=False).transpose(2, 3)
     assert not (u1.is_contiguous() or svf.is_contiguous())
     _compare(lambda a, b, backend: ops.compose(a, b, "bilinear", "reflection", backend=backend), (u1, u2))

@@ -12,28 +12,15 @@ the passes span several programs with a partial last block (and several programs
 partial sums).
 """
 
-import os
+import pytest
+import torch
+from triton_helpers import DTYPES, assert_like_reference, cycle, triton_device
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+from regnet import ops
+from regnet.ops import _backend
+from regnet.ops._triton import _common, local_ncc
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from regnet import ops  # noqa: E402
-from regnet.ops import _backend  # noqa: E402
-from triton_helpers import (  # noqa: E402
-    INTERPRETER_WARNINGS,
-    assert_like_reference,
-    small_blocks_and_poisoned_buffers,
-    triton_device,
-)
-
-triton = pytest.importorskip("triton")
-from regnet.ops._triton import local_ncc  # noqa: E402
-
-DEVICE = triton_device(local_ncc._statistics_kernel)
-
-pytestmark = INTERPRETER_WARNINGS
+DEVICE = triton_device()
 
 KERNEL_TYPES = ("rectangular", "triangular", "gaussian")
 CONVENTIONS = ("monai", "torchreg")
@@ -42,18 +29,16 @@ SMOOTHING = {"monai": (0.0, 1e-5), "torchreg": (1e-5, 1e-5)}
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-12)}
 SHAPES = {1: (2, 2, 11), 2: (2, 1, 5, 7), 3: (1, 2, 4, 3, 5)}
 REDUCTIONS = ("mean", "sum")
-# Every window type x convention x rank, with mean and sum alternating so that each pair of
-# options meets both reductions (the full product would double the file's run time).
-REDUCED_CASES = [
-    (ndim, kernel_type, convention, REDUCTIONS[(ndim + i + j) % 2])
-    for ndim in (1, 2, 3) for i, kernel_type in enumerate(KERNEL_TYPES) for j, convention in enumerate(CONVENTIONS)
-]
+# The window type and the convention are data for the kernels (weights, parameters), the rank,
+# the dtype and the reduction their specialisations. Every window type x rank once, with the
+# convention, the dtype (and the reduction) spread so that every window type meets both
+# conventions and both dtypes, and every rank both dtypes (and both reductions); the full
+# product would take four times as long.
+CASES = [(ndim, kernel_type, cycle(CONVENTIONS, ndim, i), cycle(DTYPES, i, ndim // 2))
+         for ndim in (1, 2, 3) for i, kernel_type in enumerate(KERNEL_TYPES)]
+REDUCED_CASES = [(ndim, kernel_type, cycle(CONVENTIONS, ndim, i, 1), cycle(REDUCTIONS, ndim, i),
+                  cycle(DTYPES, i, ndim // 2, 1)) for ndim in (1, 2, 3) for i, kernel_type in enumerate(KERNEL_TYPES)]
 REDUCED_SHAPES = {**SHAPES, 3: (1, 2, 3, 4, 3)}  # 3D: 72 voxels, 3 programs of 32
-
-
-@pytest.fixture(autouse=True)
-def _small_blocks_and_poisoned_buffers(monkeypatch):
-    small_blocks_and_poisoned_buffers(monkeypatch, local_ncc)
 
 
 def _pair(shape, dtype=torch.float64, offset=0.0):
@@ -89,27 +74,26 @@ def _compare(pred, target, tol=None, needs=(True, True), reference_dtype=None, *
     return actual
 
 
-@pytest.mark.parametrize("dtype", (torch.float32, torch.float64))
-@pytest.mark.parametrize("convention", CONVENTIONS)
-@pytest.mark.parametrize("kernel_type", KERNEL_TYPES)
-@pytest.mark.parametrize("ndim", (1, 2, 3))
+@pytest.mark.parametrize("ndim,kernel_type,convention,dtype", CASES)
 def test_matches_reference(ndim, kernel_type, convention, dtype):
     pred, target = _pair(SHAPES[ndim], dtype)
     nr, dr = SMOOTHING[convention]
     _compare(pred, target, kernel_size=5, kernel_type=kernel_type, smooth_nr=nr, smooth_dr=dr, convention=convention)
 
 
-@pytest.mark.parametrize("kernel_size", (3, 5, 7, 9))
-@pytest.mark.parametrize("kernel_type", KERNEL_TYPES)
-def test_kernel_sizes_and_windows_wider_than_an_axis(kernel_size, kernel_type):
+# the window's size and weights are data for the kernels: each size once and each window type
+# twice (each also wider than the axis of 4), conventions alternating
+@pytest.mark.parametrize("kernel_size,kernel_type,convention", [
+    (3, "rectangular", "monai"), (5, "triangular", "torchreg"), (7, "gaussian", "monai"),
+    (9, "rectangular", "torchreg"), (5, "gaussian", "torchreg"), (9, "triangular", "monai")])
+def test_kernel_sizes_and_windows_wider_than_an_axis(kernel_size, kernel_type, convention):
     pred, target = _pair((1, 2, 4, 10))  # windows of 5..9 exceed the first axis
-    for convention in CONVENTIONS:
-        nr, dr = SMOOTHING[convention]
-        _compare(pred, target, kernel_size=kernel_size, kernel_type=kernel_type, smooth_nr=nr, smooth_dr=dr,
-                 convention=convention)
+    nr, dr = SMOOTHING[convention]
+    _compare(pred, target, kernel_size=kernel_size, kernel_type=kernel_type, smooth_nr=nr, smooth_dr=dr,
+             convention=convention)
 
 
-@pytest.mark.parametrize("kernel_size", (3, 7, 9))
+@pytest.mark.parametrize("kernel_size", (3, 9))  # within the axes of 3, 4, 4 and wider than all
 def test_kernel_sizes_3d(kernel_size):
     pred, target = _pair((1, 1, 3, 4, 4))
     _compare(pred, target, kernel_size=kernel_size, kernel_type="gaussian")
@@ -123,16 +107,15 @@ def test_one_gradient_only(needs):
     _compare(pred, target, needs=needs, kernel_size=5, kernel_type="triangular", convention="torchreg", smooth_nr=1e-5)
 
 
-@pytest.mark.parametrize("ndim", (2, 3))
-def test_large_intensity_offsets_stay_accurate_in_float32(ndim):
+@pytest.mark.parametrize("ndim,convention", ((2, "monai"), (3, "torchreg")))
+def test_large_intensity_offsets_stay_accurate_in_float32(ndim, convention):
     """Images + 1000 in float32 against the reference in float64 on the same values: the
     min-shift keeps the local variances' digits (rectangular window: exact border correction)."""
     shape = (1, 1, 9, 8) if ndim == 2 else (1, 1, 5, 4, 6)
     pred, target = _pair(shape, torch.float32, offset=1000.0)
-    for convention in CONVENTIONS:
-        nr, dr = SMOOTHING[convention]
-        options = dict(kernel_size=5, smooth_nr=nr, smooth_dr=dr, convention=convention)
-        _compare(pred, target, tol=dict(rtol=1e-4, atol=1e-4), reference_dtype=torch.float64, **options)
+    nr, dr = SMOOTHING[convention]
+    options = dict(kernel_size=5, smooth_nr=nr, smooth_dr=dr, convention=convention)
+    _compare(pred, target, tol=dict(rtol=1e-4, atol=1e-4), reference_dtype=torch.float64, **options)
 
 
 def test_identical_images_and_zero_background():
@@ -215,8 +198,7 @@ def _compare_reduced(pred, target, reduction, tol=None, needs=(True, True), refe
 
 
 @pytest.mark.usefixtures("_reduction_blocks")
-@pytest.mark.parametrize("dtype", (torch.float32, torch.float64))
-@pytest.mark.parametrize("ndim,kernel_type,convention,reduction", REDUCED_CASES)
+@pytest.mark.parametrize("ndim,kernel_type,convention,reduction,dtype", REDUCED_CASES)
 def test_reduction_matches_reference(ndim, kernel_type, convention, reduction, dtype):
     pred, target = _pair(REDUCED_SHAPES[ndim], dtype)
     nr, dr = SMOOTHING[convention]
@@ -277,13 +259,13 @@ def test_reduction_writes_no_map_and_backward_reads_a_scalar(monkeypatch, reduct
     spy = _Spy(local_ncc._statistics_kernel)
     monkeypatch.setattr(local_ncc, "_statistics_kernel", spy)
     shapes = []
-    empty = local_ncc._empty
+    empty = _common.empty
 
     def recording_empty(shape, dtype, device):
         shapes.append(tuple(shape))
         return empty(shape, dtype, device)
 
-    monkeypatch.setattr(local_ncc, "_empty", recording_empty)
+    monkeypatch.setattr(_common, "empty", recording_empty)
     pred, target = _pair((1, 2, 5, 4), torch.float32)
     a = pred.clone().requires_grad_()
     value = ops.local_ncc(a, target, 3, backend="triton", reduction=reduction)

@@ -6,36 +6,21 @@ exp to the sort + gather formulation of :mod:`regnet.ops._triton.scatter`, and t
 gradient to per-program partial sums. The interpreter runs programs one after another, so
 it cannot show atomics racing; these tests check instead that the atomic code paths are not
 launched at all, that the gradients still match the reference, and that two runs agree bit
-for bit. Buffers start poisoned (NaN, -7 for integer buffers), blocks are small.
+for bit. Buffers start poisoned (NaN, -7 for integer buffers), blocks are small
+(``tests/triton_kernels/conftest.py``).
 """
 
-import os
+import itertools
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import pytest
+import torch
+from triton_helpers import MODES, PADDINGS, far, run_weighted, triton_device
 
-import itertools  # noqa: E402
+from regnet import ops
+from regnet.ops import _backend
+from regnet.ops._triton import fields, sampling, scatter
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from regnet import ops  # noqa: E402
-from regnet.ops import _backend  # noqa: E402
-from triton_helpers import (  # noqa: E402
-    INTERPRETER_WARNINGS,
-    MODES,
-    PADDINGS,
-    far,
-    run_weighted,
-    small_blocks_and_poisoned_buffers,
-    triton_device,
-)
-
-triton = pytest.importorskip("triton")
-from regnet.ops._triton import fields, sampling, scatter  # noqa: E402
-
-DEVICE = triton_device(scatter._plan_kernel)
-
-pytestmark = INTERPRETER_WARNINGS
+DEVICE = triton_device()
 
 TOL = {torch.float32: dict(rtol=1e-5, atol=2e-5), torch.float64: dict(rtol=1e-10, atol=1e-10)}
 
@@ -56,7 +41,6 @@ class _Spy:
 
 @pytest.fixture(autouse=True)
 def _setup(monkeypatch):
-    small_blocks_and_poisoned_buffers(monkeypatch, sampling, fields, scatter)
     monkeypatch.setattr(scatter, "BLOCK", 32)  # fewer interpreted programs; still a partial last block
     spies = {
         "sample": _Spy(sampling._sample_backward_kernel),
@@ -97,10 +81,14 @@ def _check(fn, inputs, spies, repeat=False):
     _no_atomics(spies)
 
 
+# 20 / 24 voxels per item: the gather (blocks of 32) spans two programs, the second partial
+SPATIAL = {2: (5, 4), 3: (2, 3, 4)}
+
+
 def _inputs(ndim, dtype):
-    image = torch.randn(2, 2, *(3, 4, 5)[:ndim], dtype=dtype, device=DEVICE)
+    image = torch.randn(2, 2, *SPATIAL[ndim], dtype=dtype, device=DEVICE)
     grid = far((torch.rand(2, *(4, 3, 2)[:ndim], ndim, dtype=dtype, device=DEVICE) * 2 - 1) * 1.5, 5, 5.0, 50.0)
-    ddf = far(torch.randn(2, ndim, *(3, 4, 5)[:ndim], dtype=dtype, device=DEVICE) * 2, 5, 10.0, 60.0)
+    ddf = far(torch.randn(2, ndim, *SPATIAL[ndim], dtype=dtype, device=DEVICE) * 2, 5, 10.0, 60.0)
     theta = torch.eye(ndim, ndim + 1, dtype=dtype, device=DEVICE) * 1.3
     theta = theta + 0.25 * torch.randn(2, ndim, ndim + 1, dtype=dtype, device=DEVICE)
     return image, grid, ddf, theta
@@ -116,10 +104,10 @@ def _sampling_ops(spies, ndim, mode, padding_mode, dtype, repeat=False):
 
 
 def _field_ops(spies, ndim, mode, padding_mode, dtype, repeat=False):
-    u1 = torch.randn(2, ndim, *(3, 4, 5)[:ndim], dtype=dtype, device=DEVICE) * 1.5
-    u2 = far(torch.randn(2, ndim, *(3, 4, 5)[:ndim], dtype=dtype, device=DEVICE) * 1.5, 7, 8.0, 40.0)
+    u1 = torch.randn(2, ndim, *SPATIAL[ndim], dtype=dtype, device=DEVICE) * 1.5
+    u2 = far(torch.randn(2, ndim, *SPATIAL[ndim], dtype=dtype, device=DEVICE) * 1.5, 7, 8.0, 40.0)
     _check(lambda a, b, backend: ops.compose(a, b, mode, padding_mode, backend=backend), (u1, u2), spies, repeat)
-    svf = torch.randn(2, ndim, *(3, 4, 5)[:ndim], dtype=dtype, device=DEVICE) * 3
+    svf = torch.randn(2, ndim, *SPATIAL[ndim], dtype=dtype, device=DEVICE) * 3
     _check(lambda v, backend: ops.exp(v, 3, mode, padding_mode, backend=backend), (svf,), spies, repeat)
 
 

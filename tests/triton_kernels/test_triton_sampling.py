@@ -1,55 +1,38 @@
 """Triton sampling kernels (grid_sample, warp, affine_transform) against the reference backend.
 
-The kernels run on CPU tensors through the Triton interpreter. Triton decides "interpreted
-or compiled" when a function is decorated, i.e. when ``triton.language`` and
-``regnet.ops._triton`` are first imported, so ``TRITON_INTERPRET=1`` must be set before the
-first ``import triton`` of the process: ``tests/conftest.py`` sets it (``setdefault``) and
-this module does too, for runs that bypass the conftest. With ``TRITON_INTERPRET=0`` on a
-machine with CUDA, the same tests run the compiled kernels on the GPU against ATen's CUDA
-grid sampler.
+The kernels run on CPU tensors through the Triton interpreter (with ``TRITON_INTERPRET=0``
+on a machine with CUDA, on the GPU against ATen's CUDA grid sampler).
 
-Every mode x padding x align_corners x ndim combination is compared, forward and backward,
-on tiny random inputs with points far outside the image, float32 (1 and 3 channels) and
-float64. Buffers the kernels must fill completely start as NaN, and small blocks make
-several programs (and a partial last block) per batch item.
+Every mode x padding x align_corners x ndim combination (each kernel specialisation) is
+compared once per source, forward and backward, on tiny random inputs with points far outside
+the image, in float32 (1 and 3 channels) or float64, spread so that each dtype meets every
+mode, padding and alignment. Buffers the kernels must fill completely start as NaN, and small
+blocks make several programs (and a partial last block) per batch item
+(``tests/triton_kernels/conftest.py``).
 """
 
-import os
+import itertools
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import pytest
+import torch
+from triton_helpers import MODES, PADDINGS, compare_with_reference, cycle, far, triton_device
 
-import itertools  # noqa: E402
+from regnet import ops
+from regnet.ops import _backend
+from regnet.ops._triton import sampling
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+DEVICE = triton_device()
 
-from regnet import ops  # noqa: E402
-from regnet.ops import _backend  # noqa: E402
-from triton_helpers import (  # noqa: E402
-    INTERPRETER_WARNINGS,
-    MODES,
-    PADDINGS,
-    far,
-    run_weighted,
-    small_blocks_and_poisoned_buffers,
-    triton_device,
-)
-
-triton = pytest.importorskip("triton")
-from regnet.ops._triton import sampling  # noqa: E402
-
-DEVICE = triton_device(sampling._sample_forward_kernel)
-
-pytestmark = INTERPRETER_WARNINGS
-
-# (dtype, channels): float32 with one and several channels, float64 once.
-CASES = ((torch.float32, 1), (torch.float32, 3), (torch.float64, 2))
 TOL = {torch.float32: dict(rtol=1e-5, atol=2e-5), torch.float64: dict(rtol=1e-10, atol=1e-10)}
-
-
-@pytest.fixture(autouse=True)
-def _small_blocks_and_poisoned_buffers(monkeypatch):
-    small_blocks_and_poisoned_buffers(monkeypatch, sampling)
+# (dtype, channels): float32 with one and several channels, float64 with two, spread over the
+# combinations of the kernel's options (see ``CASES``).
+KINDS = ((torch.float32, 1), (torch.float32, 3), (torch.float64, 2))
+# Every ndim x mode x padding x align_corners (the kernel's specialisations) once, each with
+# one of KINDS chosen so that every kind meets each ndim, mode, padding and alignment.
+CASES = [
+    (ndim, mode, padding, align, *cycle(KINDS, i, j, int(align)))
+    for ndim in (2, 3) for i, mode in enumerate(MODES) for j, padding in enumerate(PADDINGS) for align in (True, False)
+]
 
 
 def _image(ndim, channels, dtype, spatial=(3, 4, 5), batch=2):
@@ -77,24 +60,12 @@ def _theta(ndim, dtype, batch=2):
     return theta
 
 
-def _compare(fn, inputs, tolerances=None):
-    """Triton against the reference; ``tolerances`` overrides ``TOL`` per result name."""
-    dtype = inputs[0].dtype
-    with torch.no_grad():
-        shape = fn(*inputs, backend="torch").shape
-    weight = torch.randn(shape, dtype=dtype, device=DEVICE)
-    expected = run_weighted(fn, inputs, "torch", weight)
-    actual = run_weighted(fn, inputs, "triton", weight)
-    for name, a, e in zip(("output", *(f"grad[{i}]" for i in range(len(inputs)))), actual, expected):
-        assert a.dtype == e.dtype and a.shape == e.shape, name
-        assert not a.isnan().any(), f"{name}: NaN (an element the kernel did not write)"
-        tol = (tolerances or {}).get(name, TOL[dtype])
-        torch.testing.assert_close(a, e, **tol, msg=lambda m, name=name: f"{name}: {m}")
+def _compare(fn, inputs, overrides=None):
+    """Triton against the reference; ``overrides`` replaces ``TOL`` per result name."""
+    compare_with_reference(fn, inputs, TOL[inputs[0].dtype], overrides=overrides)
 
 
-@pytest.mark.parametrize("dtype,channels", CASES)
-@pytest.mark.parametrize("mode,padding_mode,align_corners", itertools.product(MODES, PADDINGS, (True, False)))
-@pytest.mark.parametrize("ndim", (2, 3))
+@pytest.mark.parametrize("ndim,mode,padding_mode,align_corners,dtype,channels", CASES)
 def test_grid_sample_matches_reference(ndim, mode, padding_mode, align_corners, dtype, channels):
     image = _image(ndim, channels, dtype)
     grid = _grid(ndim, dtype, padding_mode)
@@ -102,9 +73,7 @@ def test_grid_sample_matches_reference(ndim, mode, padding_mode, align_corners, 
              (image, grid))
 
 
-@pytest.mark.parametrize("dtype,channels", CASES)
-@pytest.mark.parametrize("mode,padding_mode,align_corners", itertools.product(MODES, PADDINGS, (True, False)))
-@pytest.mark.parametrize("ndim", (2, 3))
+@pytest.mark.parametrize("ndim,mode,padding_mode,align_corners,dtype,channels", CASES)
 def test_affine_transform_matches_reference(ndim, mode, padding_mode, align_corners, dtype, channels):
     image = _image(ndim, channels, dtype)
     theta = _theta(ndim, dtype)
@@ -117,9 +86,10 @@ def test_affine_transform_matches_reference(ndim, mode, padding_mode, align_corn
                                                         backend=backend), (image, theta), loose)
 
 
-@pytest.mark.parametrize("dtype,channels", CASES)
-@pytest.mark.parametrize("mode,padding_mode", itertools.product(MODES, PADDINGS))
-@pytest.mark.parametrize("ndim", (2, 3))
+# warp: align_corners=True only (MONAI's Warp); every ndim x mode x padding, kinds spread.
+@pytest.mark.parametrize("ndim,mode,padding_mode,dtype,channels",
+                         [(ndim, mode, padding, *cycle(KINDS, i, j)) for ndim in (2, 3)
+                          for i, mode in enumerate(MODES) for j, padding in enumerate(PADDINGS)])
 def test_warp_matches_reference(ndim, mode, padding_mode, dtype, channels):
     image = _image(ndim, channels, dtype)
     ddf = _ddf(ndim, dtype)

@@ -10,28 +10,15 @@ and the program count to 3 per batch, so that each program loops over several bl
 a partial last one.
 """
 
-import os
+import pytest
+import torch
+from triton_helpers import assert_like_reference, triton_device
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+from regnet import ops
+from regnet.ops import _backend
+from regnet.ops._triton import joint_histogram
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from regnet import ops  # noqa: E402
-from regnet.ops import _backend  # noqa: E402
-from triton_helpers import (  # noqa: E402
-    INTERPRETER_WARNINGS,
-    assert_like_reference,
-    small_blocks_and_poisoned_buffers,
-    triton_device,
-)
-
-triton = pytest.importorskip("triton")
-from regnet.ops._triton import joint_histogram  # noqa: E402
-
-DEVICE = triton_device(joint_histogram._histogram_kernel)
-
-pytestmark = INTERPRETER_WARNINGS
+DEVICE = triton_device()
 
 KERNELS = ("gaussian", "b-spline")
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-11, atol=1e-13)}
@@ -39,12 +26,8 @@ SHAPES = {1: (2, 3, 13), 2: (2, 2, 7, 5), 3: (1, 2, 3, 4, 5)}
 
 
 @pytest.fixture(autouse=True)
-def _small_blocks_and_poisoned_buffers(monkeypatch):
-    small_blocks_and_poisoned_buffers(monkeypatch, joint_histogram)
+def _few_programs(monkeypatch):
     monkeypatch.setattr(joint_histogram, "PROGRAMS", 3)
-    _backend.set_deterministic(False)
-    yield
-    _backend.set_deterministic(False)
 
 
 def _pair(shape, kernel, dtype=torch.float64):
