@@ -425,6 +425,9 @@ def summarise(rows: list[dict], method: str, pair_names: list[str] | None = None
     out = {"pairs": len(ok), "failed_pairs": failed}
     for key in keys:
         out[key] = _finite_mean(r.get(key) for r in ok)
+    for key in ("registration_s", "process_s"):  # robust to a pair slowed by other work on the machine
+        values = [r[key] for r in ok if r.get(key) is not None]
+        out[f"{key}_median"] = float(np.median(values)) if values else math.nan
     all_dice = [v for r in ok for v in r["dice_per_structure"].values()]
     out["dice30"] = dice30(all_dice) if all_dice else math.nan
     out["dice30_l2r_quantile"] = dice30([r["dice"] for r in ok], method="quantile") if ok else math.nan
@@ -512,14 +515,15 @@ def tables(report: dict) -> list[str]:
     def summary_table(summary: dict, title: str):
         lines.extend([title, "",
                       ("| method | pairs | Dice | Dice (nearest) | Dice30 | HD95 mm | SDlogJ brain | SDlogJ L2R | "
-                       "folding % | registration s | process s |"),
+                       "folding % | registration s mean (median) | process s mean (median) |"),
                       "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"])
         for m, s in summary.items():
             lines.append(f"| {labels[m]} | {s['pairs']} | {_f(s['dice'], '.3f')} | {_f(s['dice_nearest'], '.3f')} | "
                          f"{_f(s['dice30'], '.3f')} | "
                          f"{_f(s['hd95_mm'], '.2f')} | {_f(s['sdlogj_brain'], '.3f')} | {_f(s['sdlogj_l2r'], '.4f')} | "
-                         f"{_f(100 * s['folding_fraction'], '.4f')} | {_f(s['registration_s'], '.1f')} | "
-                         f"{_f(s['process_s'], '.1f')} |")
+                         f"{_f(100 * s['folding_fraction'], '.4f')} | {_f(s['registration_s'], '.1f')} "
+                         f"({_f(s['registration_s_median'], '.1f')}) | {_f(s['process_s'], '.1f')} "
+                         f"({_f(s['process_s_median'], '.1f')}) |")
         lines.append("")
 
     summary_table(report["summary"], "Mean over the synthseg pairs (Dice / HD95 over the 30 FreeSurfer structures, "
