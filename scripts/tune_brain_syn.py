@@ -20,12 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the command line (regnet._openmp), before torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import brain_pairs  # noqa: E402
 
