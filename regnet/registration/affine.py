@@ -17,7 +17,6 @@ import torch
 
 from regnet import _checks, ops
 from regnet.losses import MSELoss
-from regnet.registration._affine_step import affine_transform_params
 from regnet.registration._graph import graph_wanted
 from regnet.registration._item_loss import ItemLoss
 from regnet.registration._levels import LossLog, check_pair, cpu_threads_for, make_optimizer, run_level
@@ -274,7 +273,7 @@ class AffineRegistration:
         options = (tuple(static.shape[2:]), mode, self.padding_mode, self.align_corners)
 
         def iteration():
-            moved = affine_transform_params(moving, *self.parameters, *options)
+            moved = ops.affine_transform_params(moving, *self.parameters, *options)
             loss, items = loss_fn(moved, static)
             loss.backward()
             optimizer.step()
