@@ -108,6 +108,31 @@ def compare_with_reference(fn, inputs, tol, *, overrides=None, reference_dtype=N
     return actual
 
 
+def run_pair(op, pred, target, backend, weight, needs=(True, True), **options):
+    """``op(pred, target, backend=backend, **options)`` (detached copies, requiring the gradients
+    ``needs`` asks for) and the gradients of ``sum(out * weight)``: ``(out, grad_pred, grad_target)``."""
+    a = pred.detach().clone().requires_grad_(needs[0])
+    b = target.detach().clone().requires_grad_(needs[1])
+    out = op(a, b, backend=backend, **options)
+    (out * weight).sum().backward()
+    return out.detach(), a.grad, b.grad
+
+
+def compare_pair(op, names, pred, target, tol, needs=(True, True), reference_dtype=None, **options):
+    """A two-image op (``local_ncc``, ``joint_histogram``) on Triton against the reference:
+    :func:`run_pair` under one random weight, checked with :func:`assert_like_reference`
+    (``names``: of the output and the two gradients). Returns the Triton results."""
+    ref_pred = pred if reference_dtype is None else pred.to(reference_dtype)
+    ref_target = target if reference_dtype is None else target.to(reference_dtype)
+    with torch.no_grad():
+        shape = op(ref_pred, ref_target, backend="torch", **options).shape
+    weight = torch.randn(shape, dtype=ref_pred.dtype, device=pred.device)
+    expected = run_pair(op, ref_pred, ref_target, "torch", weight, needs, **options)
+    actual = run_pair(op, pred, target, "triton", weight.to(pred.dtype), needs, **options)
+    assert_like_reference(names, actual, expected, pred.dtype, tol)
+    return actual
+
+
 def assert_like_reference(names, actual, expected, dtype, tol, label=""):
     """Each kernel output against the reference's: ``None`` where the reference has ``None``;
     else ``dtype``, the reference's shape, no NaN (an element or partial sum the kernel did not

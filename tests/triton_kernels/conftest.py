@@ -13,7 +13,8 @@ Every test here runs with:
 - the buffers the kernels must fill completely poisoned (NaN; -7 for integer buffers):
   ``regnet.ops._triton._common.empty`` replaced by :func:`triton_helpers.poison`;
 - deterministic mode off before and after (tests that want it switch it on);
-- the Triton 3.6 interpreter's NumPy deprecation warning ignored.
+- the Triton 3.6 interpreter's NumPy deprecation warning ignored;
+- dtypes named in the test ids (``float32``, not ``dtype0``).
 
 (The folder is not called ``triton``: a directory of that name next to the test modules on
 ``sys.path`` would shadow, as a namespace package, a missing ``triton`` install.)
@@ -39,6 +40,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if HERE in Path(item.path).resolve().parents:
             item.add_marker(INTERPRETER_WARNINGS)
+
+
+def pytest_make_parametrize_id(config, val, argname):
+    """``float32`` rather than ``dtype0`` in the test ids."""
+    import torch
+
+    return str(val).removeprefix("torch.") if isinstance(val, torch.dtype) else None
 
 
 @pytest.fixture(autouse=True)

@@ -10,11 +10,9 @@ for bit. Buffers start poisoned (NaN, -7 for integer buffers), blocks are small
 (``tests/triton_kernels/conftest.py``).
 """
 
-import itertools
-
 import pytest
 import torch
-from triton_helpers import MODES, PADDINGS, far, run_weighted, triton_device
+from triton_helpers import MODES, PADDINGS, cycle, far, run_weighted, triton_device
 
 from regnet import ops
 from regnet.ops import _backend
@@ -111,14 +109,18 @@ def _field_ops(spies, ndim, mode, padding_mode, dtype, repeat=False):
     _check(lambda v, backend: ops.exp(v, 3, mode, padding_mode, backend=backend), (svf,), spies, repeat)
 
 
-@pytest.mark.parametrize("mode,padding_mode", itertools.product(MODES, PADDINGS))
-@pytest.mark.parametrize("ndim", (2, 3))
+# The deterministic path adds the plan kernel (corners and weights from the same sample points
+# as the atomic path, tested for every mode x padding in the other files) and the gather: every
+# rank x padding once, the modes spread so that each rank meets both.
+CASES = [(ndim, cycle(MODES, ndim, j), padding) for ndim in (2, 3) for j, padding in enumerate(PADDINGS)]
+
+
+@pytest.mark.parametrize("ndim,mode,padding_mode", CASES)
 def test_sampling_ops(_setup, ndim, mode, padding_mode):
     _sampling_ops(_setup, ndim, mode, padding_mode, torch.float32)
 
 
-@pytest.mark.parametrize("mode,padding_mode", itertools.product(MODES, PADDINGS))
-@pytest.mark.parametrize("ndim", (2, 3))
+@pytest.mark.parametrize("ndim,mode,padding_mode", CASES)
 def test_compose_and_exp(_setup, ndim, mode, padding_mode):
     _field_ops(_setup, ndim, mode, padding_mode, torch.float32)
 

@@ -12,7 +12,7 @@ a partial last one.
 
 import pytest
 import torch
-from triton_helpers import assert_like_reference, triton_device
+from triton_helpers import compare_pair, run_pair, triton_device
 
 from regnet import ops
 from regnet.ops import _backend
@@ -41,25 +41,9 @@ def _pair(shape, kernel, dtype=torch.float64):
     return pred.to(dtype), target.to(dtype)
 
 
-def _run(pred, target, backend, weight, needs=(True, True), **options):
-    a = pred.detach().clone().requires_grad_(needs[0])
-    b = target.detach().clone().requires_grad_(needs[1])
-    out = ops.joint_histogram(a, b, backend=backend, **options)
-    (out * weight).sum().backward()
-    return out.detach(), a.grad, b.grad
-
-
 def _compare(pred, target, tol=None, needs=(True, True), reference_dtype=None, **options):
-    ref_pred = pred if reference_dtype is None else pred.to(reference_dtype)
-    ref_target = target if reference_dtype is None else target.to(reference_dtype)
-    with torch.no_grad():
-        shape = ops.joint_histogram(ref_pred, ref_target, backend="torch", **options).shape
-    weight = torch.randn(shape, dtype=ref_pred.dtype, device=DEVICE)
-    expected = _run(ref_pred, ref_target, "torch", weight, needs, **options)
-    actual = _run(pred, target, "triton", weight.to(pred.dtype), needs, **options)
-    tol = tol or TOL[pred.dtype]
-    assert_like_reference(("histogram", "grad_pred", "grad_target"), actual, expected, pred.dtype, tol)
-    return actual
+    return compare_pair(ops.joint_histogram, ("histogram", "grad_pred", "grad_target"), pred, target,
+                        tol or TOL[pred.dtype], needs, reference_dtype, **options)
 
 
 @pytest.mark.parametrize("dtype", (torch.float32, torch.float64))
@@ -120,7 +104,8 @@ def test_deterministic_mode_repeats_bitwise_without_atomics(kernel, monkeypatch)
     pred, target = _pair(SHAPES[3], kernel, torch.float32)
     _backend.set_deterministic(True)
     first = _compare(pred, target, num_bins=11, kernel=kernel)
-    second = _run(pred, target, "triton", torch.ones(1, device=DEVICE), num_bins=11, kernel=kernel)
+    second = run_pair(ops.joint_histogram, pred, target, "triton", torch.ones(1, device=DEVICE), num_bins=11,
+                      kernel=kernel)
     assert launched and all(launched)
     assert torch.equal(first[0], second[0])
 

@@ -14,7 +14,7 @@ partial sums).
 
 import pytest
 import torch
-from triton_helpers import DTYPES, assert_like_reference, cycle, triton_device
+from triton_helpers import DTYPES, assert_like_reference, compare_pair, cycle, triton_device
 
 from regnet import ops
 from regnet.ops import _backend
@@ -50,28 +50,14 @@ def _pair(shape, dtype=torch.float64, offset=0.0):
     return (pred + offset).to(dtype), (target + offset).to(dtype)
 
 
-def _run(pred, target, backend, weight, needs=(True, True), **options):
-    a = pred.detach().clone().requires_grad_(needs[0])
-    b = target.detach().clone().requires_grad_(needs[1])
-    out = ops.local_ncc(a, b, backend=backend, **options)
-    (out * weight).sum().backward()
-    return out.detach(), a.grad, b.grad
-
-
 def _scaled_tol(tol, reference):
     """``atol`` relative to the largest reference value (gradients scale with the weights)."""
     return dict(rtol=tol["rtol"], atol=tol["atol"] * max(1.0, reference.abs().max().item()))
 
 
 def _compare(pred, target, tol=None, needs=(True, True), reference_dtype=None, **options):
-    ref_pred = pred if reference_dtype is None else pred.to(reference_dtype)
-    ref_target = target if reference_dtype is None else target.to(reference_dtype)
-    weight = torch.randn(pred.shape, dtype=ref_pred.dtype, device=DEVICE)
-    expected = _run(ref_pred, ref_target, "torch", weight, needs, **options)
-    actual = _run(pred, target, "triton", weight.to(pred.dtype), needs, **options)
-    tol = tol or TOL[pred.dtype]
-    assert_like_reference(("map", "grad_pred", "grad_target"), actual, expected, pred.dtype, tol)
-    return actual
+    return compare_pair(ops.local_ncc, ("map", "grad_pred", "grad_target"), pred, target, tol or TOL[pred.dtype],
+                        needs, reference_dtype, **options)
 
 
 @pytest.mark.parametrize("ndim,kernel_type,convention,dtype", CASES)

@@ -10,7 +10,7 @@
 Example::
 
     >>> compute_dtype(torch.bfloat16)
-    (fp32, torch.float32)
+    (triton.language.float32, torch.float32)
 """
 
 from __future__ import annotations
