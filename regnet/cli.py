@@ -258,7 +258,8 @@ def _demo_summary(summary: dict, table: str, wall_seconds: float) -> str:
         "NCC/MSE: global, on intensities normalised to [0, 1]; Dice: mean over the FreeSurfer structures; "
         "folding: Jacobian determinant <= 0",
         f"time: total {wall_seconds:.1f} s",
-        f"files: 2d/ and 3d/ (warped, ddf.nii.gz, inverse_ddf.nii.gz, affine.txt, overview.png, report.json) "
+        f"files: 2d/ and 3d/ (warped, ddf.nii.gz, affine.txt and ANTs' affine.mat, warp.nii.gz, inverse_warp.nii.gz, "
+        f"overview.png, report.json) "
         f"in {summary['out_dir']}",
     ])
 

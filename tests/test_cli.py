@@ -85,7 +85,8 @@ def fast_demo(tmp_path_factory):
     return out, summary
 
 
-CASE_FILES = {"affine.txt", "ddf.nii.gz", "inverse_ddf.nii.gz", "overview.png", "report.json"}
+CASE_FILES = {"affine.txt", "affine.mat", "ddf.nii.gz", "warp.nii.gz", "inverse_warp.nii.gz", "inverse_ddf.nii.gz",
+              "overview.png", "report.json"}
 
 
 def test_demo_writes_all_outputs(fast_demo):

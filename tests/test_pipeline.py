@@ -107,9 +107,9 @@ def _listing(folder):
 def _expected_files(transform, warped):
     files = {"ddf.nii.gz", warped, "overview.png", "report.json"}
     if "affine" in transform:
-        files.add("affine.txt")
+        files |= {"affine.txt", "affine.mat"}  # regnet's and ANTs' (0GenericAffine.mat) affine files
     if "syn" in transform:
-        files.add("inverse_ddf.nii.gz")
+        files |= {"inverse_ddf.nii.gz", "warp.nii.gz", "inverse_warp.nii.gz"}  # + ANTs' deformable pair
     return files
 
 

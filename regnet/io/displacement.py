@@ -24,7 +24,7 @@ from regnet.io._arrays import to_numpy
 from regnet.io._files import NIFTI_SUFFIXES, atomic_write, suffix
 from regnet.io.nifti import embed_2d, reduce_2d
 
-__all__ = ["INTENT_DISPVECT", "INTENT_VECTOR", "load_ddf", "save_ddf"]
+__all__ = ["INTENT_DISPVECT", "INTENT_VECTOR", "as_saved", "load_ddf", "save_ddf"]
 
 # NIfTI intent codes used for displacement fields.
 INTENT_DISPVECT = 1006  # displacement vectors; ITK >= 5.4 reads their components as RAS
@@ -67,9 +67,7 @@ def save_ddf(path: str | os.PathLike, ddf: torch.Tensor | np.ndarray, fixed_affi
         )
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{fn}: ddf contains NaN or infinite values")
-    world = np.tensordot(affine[:ndim, :ndim], arr, axes=(1, 0))  # (ndim, *spatial), RAS mm
-    lps = world * _LPS[ndim].reshape((ndim,) + (1,) * ndim)
-    vectors = np.moveaxis(lps, 0, -1).astype(np.float32)  # (*spatial, ndim)
+    vectors = _to_file(torch.from_numpy(arr), affine)  # (*spatial, ndim) float32, LPS mm
     if ndim == 2:
         vectors = vectors[:, :, None, None, :]
         affine4 = embed_2d(affine, None)
@@ -126,8 +124,34 @@ def load_ddf(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> tup
         vectors, affine = arr[:, :, 0, 0, :], reduce_2d(affine4)
     else:
         vectors, affine = arr[:, :, :, 0, :], affine4
-    world = np.moveaxis(vectors, -1, 0)  # (ndim, *spatial)
-    if intent == INTENT_VECTOR:
-        world = world * _LPS[ndim].reshape((ndim,) + (1,) * ndim)  # LPS -> RAS
-    voxel = np.tensordot(np.linalg.inv(affine[:ndim, :ndim]), world, axes=(1, 0))
-    return torch.from_numpy(np.ascontiguousarray(voxel)).to(dtype)[None], affine
+    return _from_file(vectors, affine, intent == INTENT_VECTOR).to(dtype)[None], affine
+
+
+def _to_file(ddf: torch.Tensor, affine: np.ndarray) -> np.ndarray:
+    """Voxel DDF ``(ndim, *spatial)`` -> the stored vectors ``(*spatial, ndim)``: float32 world
+    displacement in LPS mm (computed in float64)."""
+    ndim = affine.shape[0] - 1
+    linear = torch.as_tensor(affine[:ndim, :ndim] * _LPS[ndim][:, None], dtype=torch.float64)
+    world = torch.einsum("ij,j...->...i", linear, ddf.to(torch.float64))  # (*spatial, ndim), LPS mm
+    return world.to(torch.float32).numpy()
+
+
+def _from_file(vectors: np.ndarray, affine: np.ndarray, lps: bool) -> torch.Tensor:
+    """Stored vectors ``(*spatial, ndim)`` (world mm; LPS when ``lps``) -> voxel DDF ``(ndim, *spatial)``
+    in float64."""
+    ndim = affine.shape[0] - 1
+    inverse = np.linalg.inv(affine[:ndim, :ndim])
+    if lps:
+        inverse = inverse * _LPS[ndim][None, :]  # LPS -> RAS first
+    world = torch.as_tensor(np.asarray(vectors)).to(torch.float64)
+    return torch.einsum("ij,...j->i...", torch.as_tensor(inverse), world).contiguous()
+
+
+def as_saved(ddf: torch.Tensor, fixed_affine: ArrayLike, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The DDF ``(1, ndim, *spatial)`` exactly as :func:`load_ddf` will read it back after
+    :func:`save_ddf` (the float32 world vectors of the file, converted back to voxels), without
+    writing or reading a file; on ``ddf``'s device."""
+    affine = _checks.affine_matrix("as_saved", "fixed_affine", fixed_affine)
+    stored = affine.astype(np.float32).astype(np.float64)  # the header keeps the affine in float32
+    back = _from_file(_to_file(ddf.detach()[0].to("cpu", torch.float64), affine), stored, lps=True)
+    return back.to(ddf.device, dtype)[None]

@@ -24,10 +24,15 @@ from regnet import _checks, ops
 from regnet.metrics import _inputs
 
 
-def _det(fn: str, ddf: torch.Tensor) -> torch.Tensor:
+def _det(fn: str, ddf: torch.Tensor, det: torch.Tensor | None = None) -> torch.Tensor:
     _checks.field(fn, "ddf", ddf)
     if min(ddf.shape[2:]) < 2:
         raise ValueError(f"{fn}: every spatial size of ddf must be >= 2, got shape {tuple(ddf.shape)}")
+    if det is not None:
+        expected = (ddf.shape[0], 1, *ddf.shape[2:])
+        if tuple(det.shape) != expected:
+            raise ValueError(f"{fn}: det must have shape {expected} (ops.jacobian_det of ddf), got {tuple(det.shape)}")
+        return det.detach().double()
     return ops.jacobian_det(ddf.detach()).double()
 
 
@@ -44,7 +49,7 @@ def _std_log_positive(det: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def jacobian_stats(ddf: torch.Tensor, mask=None) -> dict[str, float]:
+def jacobian_stats(ddf: torch.Tensor, mask=None, det: torch.Tensor | None = None) -> dict[str, float]:
     """Statistics of the Jacobian determinant ``det(I + grad u)`` of a DDF (``regnet.ops.jacobian_det``).
 
     Pooled over all voxels of all batch items (call it per item for per-pair numbers).
@@ -54,6 +59,7 @@ def jacobian_stats(ddf: torch.Tensor, mask=None) -> dict[str, float]:
         mask: optional region, ``(*spatial)`` or ``(B or 1, 1, *spatial)``, non-zero inside
             (integer, bool or whole-number float tensor): every statistic is then over the
             voxels inside it only (the determinant is still computed on the whole grid).
+        det: ``ops.jacobian_det(ddf)`` when the caller has it already (not computed again).
 
     Returns:
         ``{"fraction_nonpositive", "std_log", "min", "max", "mean"}`` (floats):
@@ -63,7 +69,7 @@ def jacobian_stats(ddf: torch.Tensor, mask=None) -> dict[str, float]:
         :func:`sdlogj`); and the minimum, maximum and mean of det. All NaN for an empty mask.
     """
     fn = "jacobian_stats"
-    det = _det(fn, ddf)
+    det = _det(fn, ddf, det)
     det = _inside(det, _inputs.field_mask(fn, mask, ddf))
     keys = ("fraction_nonpositive", "std_log", "min", "max", "mean")
     if det.numel() == 0:

@@ -27,8 +27,9 @@ __all__ = ["OUTPUT_NAMES", "REPORT_NAME", "check_out_dir", "out_dir_problem", "o
 
 REPORT_NAME = "report.json"
 #: What regnet writes into an output folder (``2d``/``3d``: the demo's cases).
-OUTPUT_NAMES = frozenset({REPORT_NAME, "warped.nii.gz", "warped.png", "affine.txt", "ddf.nii.gz",
-                          "inverse_ddf.nii.gz", "overview.png", "warped_labels.nii.gz", "2d", "3d"})
+OUTPUT_NAMES = frozenset({REPORT_NAME, "warped.nii.gz", "warped.png", "affine.txt", "affine.mat", "ddf.nii.gz",
+                          "warp.nii.gz", "inverse_warp.nii.gz", "inverse_ddf.nii.gz", "overview.png",
+                          "warped_labels.nii.gz", "2d", "3d"})
 
 
 def _is_regnet_output(folder: Path) -> bool:

@@ -128,6 +128,8 @@ class Registration:
     ranges: dict[str, tuple[float, float]]
     report: dict[str, Any]
     saved_ddf: torch.Tensor | None = None  # the DDF as read back from ddf.nii.gz
+    syn_ddf: torch.Tensor | None = None  # SyN's forward DDF on the fixed grid, without the affine (None without SyN)
+    headers: torch.Tensor | None = None  # the normalised moving image on the fixed grid through the headers
 
 
 def check_device(device) -> torch.device:
@@ -256,4 +258,5 @@ def _register_images(fixed: Image, moving: Image, transform: str, config, device
         report["time_s"]["syn"] = {"levels": reg.level_times, "total": prepare + sum(reg.level_times) + fields_time}
     ddf = total_ddf(matrix, syn_ddf, shape, fixed.affine, device=dev)
     report["time_s"]["registration"] = time.perf_counter() - start
-    return Registration(fixed, moving, transform, matrix, ddf, syn_inverse, ranges, report)
+    return Registration(fixed, moving, transform, matrix, ddf, syn_inverse, ranges, report, syn_ddf=syn_ddf,
+                        headers=headers)
