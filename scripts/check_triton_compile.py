@@ -14,7 +14,7 @@ paddings, deterministic); Gaussian smoothing; local NCC (map, mean, sum; one or 
 gradients); joint histogram (Gaussian, B-spline, deterministic). The ops' results are
 garbage (nothing ran); only the compilation counts.
 
-``--level subset`` (what the test suite runs, ~15 s on a clean Triton cache) compiles every
+``--level subset`` (what the test suite runs, ~20 s on a clean Triton cache) compiles every
 kernel with each of its options at least once, spread over a few configurations; ``quick``
 the product of the options in float32; ``full`` (the default; ``tests/test_bench_scripts.py``
 runs it marked ``slow``) in every dtype. Every level fails if some kernel of
