@@ -16,8 +16,9 @@ Every test here runs with:
 - the Triton 3.6 interpreter's NumPy deprecation warning ignored;
 - dtypes named in the test ids (``float32``, not ``dtype0``).
 
-(The folder is not called ``triton``: a directory of that name next to the test modules on
-``sys.path`` would shadow, as a namespace package, a missing ``triton`` install.)
+The folder is a package (``__init__.py``): its modules import as ``triton_kernels.<name>``, so
+this file does not replace ``tests/conftest.py`` as the module ``conftest`` that other test
+modules import from. It is not called ``triton``, which would shadow the Triton package.
 """
 
 import os
