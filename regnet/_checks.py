@@ -46,13 +46,13 @@ def either(values: Sequence[Any]) -> str:
 
 def is_count(value) -> bool:
     """A non-negative int (not a bool)."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 0
+    return bool(isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 0)
 
 
 def is_positive(value) -> bool:
     """A finite number > 0 (not a bool)."""
-    return (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-            and math.isfinite(value) and value > 0)
+    return bool(isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+                and math.isfinite(value) and value > 0)
 
 
 def boolean(fn: str, name: str, value) -> bool:

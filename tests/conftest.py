@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 os.environ.setdefault("TRITON_INTERPRET", "1")  # before any `import triton`: kernels run on CPU tensors
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before `import torch`: no spinning on shared cores
 from pathlib import Path
 
 import pytest

@@ -127,7 +127,8 @@ def load_itk_affine(path: str | os.PathLike, ndim: int | None = None) -> np.ndar
         variables = _read_mat(fn, path)
         names = [n for n in variables if n != "fixed"]
         if len(names) != 1:
-            raise ValueError(f"{fn}: {path}: expected one transform and 'fixed' in the MATLAB file, got {list(variables)}")
+            raise ValueError(f"{fn}: {path}: expected one transform and 'fixed' in the MATLAB file, "
+                             f"got {list(variables)}")
         kind, parameters, fixed = names[0], variables[names[0]], variables.get("fixed", np.zeros(0))
     else:
         kind, parameters, fixed = _read_text(fn, path)
