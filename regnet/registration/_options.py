@@ -81,3 +81,21 @@ class LevelOptions:
             cuda_graph=_checks.optional_boolean(fn, "cuda_graph", cuda_graph, "None (auto)"),
         )
 
+
+class WithLevelOptions:
+    """The shared options of a registration class as attributes (torchreg's names): ``scales``,
+    ``iterations``, ``learning_rate`` / ``learning_rates``, ``verbose``, ``optimizer``,
+    ``tolerance``, ``check_every`` and ``cuda_graph``, read from ``self.options``."""
+
+    options: LevelOptions
+
+    scales = property(lambda self: self.options.scales)
+    iterations = property(lambda self: self.options.iterations)
+    learning_rate = property(lambda self: self.options.learning_rates)
+    learning_rates = property(lambda self: self.options.learning_rates)
+    verbose = property(lambda self: self.options.verbose)
+    optimizer = property(lambda self: self.options.optimizer)
+    tolerance = property(lambda self: self.options.tolerance)
+    check_every = property(lambda self: self.options.check_every)
+    cuda_graph = property(lambda self: self.options.cuda_graph)
+

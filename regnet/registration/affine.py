@@ -20,7 +20,7 @@ from regnet.losses import MSELoss
 from regnet.registration._graph import graph_wanted
 from regnet.registration._item_loss import ItemLoss
 from regnet.registration._levels import LossLog, check_pair, cpu_threads_for, make_optimizer, run_level
-from regnet.registration._options import LevelOptions
+from regnet.registration._options import LevelOptions, WithLevelOptions
 from regnet.registration._pyramid import downsample, level_shape
 from regnet.registration.initialisation import initial_candidates
 
@@ -36,7 +36,7 @@ COARSE_LEARNING_RATE = 1e-2
 FINE_LEARNING_RATE = 3e-3
 
 
-class AffineRegistration:
+class AffineRegistration(WithLevelOptions):
     """Multi-resolution affine registration of a batch of image pairs.
 
     Drop-in for ``torchreg.AffineRegistration`` (same arguments, same order, same parameters
@@ -163,17 +163,6 @@ class AffineRegistration:
         self.padding_mode = _checks.choice(fn, "padding_mode", padding_mode, _checks.PADDING_MODES)
         self.init = _checks.choice(fn, "init", init, INITS)
         self.reset()
-
-    # --- options (torchreg's attribute names) ----------------------------------------------
-
-    scales = property(lambda self: self.options.scales)
-    iterations = property(lambda self: self.options.iterations)
-    learning_rate = property(lambda self: self.options.learning_rates)
-    verbose = property(lambda self: self.options.verbose)
-    optimizer = property(lambda self: self.options.optimizer)
-    tolerance = property(lambda self: self.options.tolerance)
-    check_every = property(lambda self: self.options.check_every)
-    cuda_graph = property(lambda self: self.options.cuda_graph)
 
     # --- state ---------------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ from regnet.geometry import matrix_to_ddf, resize_field, theta_to_voxel
 from regnet.losses import DiffusionLoss, LocalNCCLoss
 from regnet.registration._graph import graph_wanted
 from regnet.registration._levels import LossLog, check_pair, cpu_threads_for, make_optimizer, run_level
-from regnet.registration._options import LevelOptions
+from regnet.registration._options import LevelOptions, WithLevelOptions
 from regnet.registration._pyramid import downsample, level_shape
 from regnet.registration.affine import AffineRegistration
 from regnet.registration.syn_fields import full_maps, half_maps
@@ -62,7 +62,7 @@ def default_velocity_scale(ndim: int) -> float:
     return 2.0 if ndim == 2 else 1.5
 
 
-class SyNRegistration:
+class SyNRegistration(WithLevelOptions):
     """Symmetric diffeomorphic registration of ``moving`` onto ``static``, 2D or 3D, batched.
 
     Example::
@@ -145,17 +145,6 @@ class SyNRegistration:
         self.affine = affine
         self.reset()
 
-    # --- options (torchreg's attribute names) ----------------------------------------------
-
-    scales = property(lambda self: self.options.scales)
-    iterations = property(lambda self: self.options.iterations)
-    learning_rates = property(lambda self: self.options.learning_rates)
-    verbose = property(lambda self: self.options.verbose)
-    optimizer = property(lambda self: self.options.optimizer)
-    tolerance = property(lambda self: self.options.tolerance)
-    check_every = property(lambda self: self.options.check_every)
-    cuda_graph = property(lambda self: self.options.cuda_graph)
-
     def reset(self) -> None:
         """Forget the fields of an earlier call."""
         self.v_xy = self.v_yx = None
@@ -163,8 +152,6 @@ class SyNRegistration:
         self._static_shape = None
         self.loss_history: list[list[float]] = []
         self.level_times: list[float] = []
-
-    # --- fields --------------------------------------------------------------------------
 
     # --- fields --------------------------------------------------------------------------
 
