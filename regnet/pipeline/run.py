@@ -29,7 +29,7 @@ INTERPOLATIONS = ("linear", "nearest")
 
 
 def register_files(fixed_path, moving_path, transform: str, out_dir, config=None, device="cpu",
-                   verbose: bool = True) -> dict:
+                   verbose: bool = True, labels: tuple | None = None) -> dict:
     """``regnet register``: register ``moving_path`` onto ``fixed_path`` and write ``out_dir``.
 
     Args:
@@ -40,6 +40,9 @@ def register_files(fixed_path, moving_path, transform: str, out_dir, config=None
         config: YAML path, mapping or ``None`` (:func:`load_config`).
         device: torch device.
         verbose: progress bars per level (stderr).
+        labels: ``(moving_labels_path, fixed_labels_path)``: label maps of the two subjects
+            (the fixed one on the fixed image's grid; the moving one on any grid); adds
+            ``warped_labels.nii.gz`` and per-structure Dice and HD95 (mm) to the report.
 
     Returns:
         The report (also ``out_dir/report.json``) with ``out_dir`` added.
@@ -52,15 +55,35 @@ def register_files(fixed_path, moving_path, transform: str, out_dir, config=None
     check_out_dir(out_dir)
     fixed = load_image(fixed_path)
     moving = load_image(moving_path)
+    label_images = None if labels is None else _load_labels(labels, fixed)
     load_time = time.perf_counter() - start
     with output_folder(out_dir) as tmp:
         result = register_images(fixed, moving, transform, config, device, verbose)
         result.report["time_s"]["load"] = load_time
-        report = write_outputs(result, tmp)
+        report = write_outputs(result, tmp, labels=label_images)
         report["time_s"]["total"] = time.perf_counter() - start
         write_report(tmp / REPORT_NAME, report)
     report["out_dir"] = str(Path(out_dir).absolute())
     return report
+
+
+def _load_labels(labels: tuple, fixed) -> tuple:
+    """``(moving_labels, fixed_labels)`` images in their stored dtypes; the fixed labels must lie
+    on the fixed image's grid."""
+    if not isinstance(labels, (tuple, list)) or len(labels) != 2:
+        raise TypeError(f"labels must be (moving_labels_path, fixed_labels_path), got {labels!r}")
+    moving_labels, fixed_labels = (load_image(path, dtype=None) for path in labels)
+    for name, image in (("--moving-labels", moving_labels), ("--fixed-labels", fixed_labels)):
+        if image.data.is_floating_point() and not bool((image.data == image.data.round()).all()):
+            raise ValueError(f"{name} '{image.path}' is not a label map: it holds non-integer values")
+        if image.ndim != fixed.ndim:
+            raise ValueError(f"{name} '{image.path}' is {image.ndim}D but --fixed is {fixed.ndim}D")
+    if fixed_labels.spatial_shape != fixed.spatial_shape or not np.allclose(fixed_labels.affine, fixed.affine,
+                                                                              atol=1e-4):
+        raise ValueError(f"--fixed-labels '{fixed_labels.path}' must lie on the fixed image's grid "
+                         f"({'x'.join(map(str, fixed.spatial_shape))}, same affine), got "
+                         f"{'x'.join(map(str, fixed_labels.spatial_shape))}")
+    return moving_labels, fixed_labels
 
 
 def apply_transform(fixed_path, moving_path, transform_dir, out_path, interp: str = "linear",
