@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from regnet import __version__, ops
+from regnet import __version__, _checks, ops
 from regnet.geometry import matrix_to_ddf, sample_at_voxels, theta_to_world, voxel_grid, world_to_theta, world_to_voxel
 from regnet.io import Image
 from regnet.metrics import global_ncc, mse
@@ -155,7 +155,7 @@ def grid_info(image: Image) -> dict[str, Any]:
 
 
 def register_images(fixed: Image, moving: Image, transform: str = "affine+syn", config=None,
-                    device="cpu", verbose: bool = True) -> Registration:
+                    device="cpu", verbose: bool = True, initial_matrix=None) -> Registration:
     """Register two :class:`regnet.io.Image` s in memory (see the module docstring).
 
     Args:
@@ -164,6 +164,11 @@ def register_images(fixed: Image, moving: Image, transform: str = "affine+syn", 
         config: ``None``, a mapping or a YAML path (:func:`~regnet.registration.config.load_config`).
         device: torch device of the optimisation.
         verbose: progress bars per level.
+        initial_matrix: a world matrix ``(ndim+1, ndim+1)`` (RAS, fixed -> moving; e.g. an
+            ``affine.txt`` or an ANTs ``.mat`` read with :func:`regnet.io.load_itk_affine`) to
+            start from instead of the centres of mass: the affine stage refines it, and
+            ``"syn"`` alone registers the moving image resampled through it (the result then
+            has this affine part).
 
     Returns:
         A :class:`Registration` with the world matrix, the total forward DDF on the fixed
@@ -173,10 +178,21 @@ def register_images(fixed: Image, moving: Image, transform: str = "affine+syn", 
     if not isinstance(fixed, Image):
         raise TypeError(f"register_images: fixed must be a regnet.io.Image, got {type(fixed).__name__}")
     with cpu_threads_for(fixed.data):  # small images: one intra-op thread (see there)
-        return _register_images(fixed, moving, transform, config, device, verbose)
+        return _register_images(fixed, moving, transform, config, device, verbose, initial_matrix)
 
 
-def _register_images(fixed: Image, moving: Image, transform: str, config, device, verbose: bool) -> Registration:
+def _initial(fn: str, initial_matrix, ndim: int) -> np.ndarray | None:
+    if initial_matrix is None:
+        return None
+    matrix = _checks.affine_matrix(fn, "initial_matrix", initial_matrix, ndim)
+    if not np.allclose(matrix[-1], np.eye(ndim + 1)[-1]) or abs(np.linalg.det(matrix[:ndim, :ndim])) < 1e-12:
+        raise ValueError(f"{fn}: initial_matrix must be an invertible affine with last row (0, ..., 0, 1), "
+                         f"got {matrix.tolist()}")
+    return matrix
+
+
+def _register_images(fixed: Image, moving: Image, transform: str, config, device, verbose: bool,
+                     initial_matrix=None) -> Registration:
     start = time.perf_counter()
     if transform not in TRANSFORMS:
         raise ValueError(f"transform must be one of {', '.join(TRANSFORMS)}, got {transform!r}")
@@ -194,6 +210,7 @@ def _register_images(fixed: Image, moving: Image, transform: str, config, device
     if min(fixed.spatial_shape) < 2:
         raise ValueError(f"the fixed grid must have at least 2 voxels along every axis, got {fixed.spatial_shape}")
     shape, ndim = fixed.spatial_shape, fixed.ndim
+    initial = _initial("register_images", initial_matrix, ndim)
 
     ranges = {"fixed": intensity_range(fixed.data), "moving": intensity_range(moving.data)}
     fixed_n = normalise(fixed.data.to(dev, torch.float32), *ranges["fixed"])
@@ -222,14 +239,19 @@ def _register_images(fixed: Image, moving: Image, transform: str, config, device
         "time_s": {"prepare": time.perf_counter() - start},
     }
 
-    matrix = None
+    matrix = initial
+    if initial is not None:
+        report["initial_matrix"] = initial.tolist()
     if "affine" in transform:
         # Start from the world translation that superposes the two centres of mass (ANTs'
         # default start): images whose headers barely overlap would otherwise be cropped on
-        # the fixed grid before the affine stage sees them.
-        start_matrix = np.eye(ndim + 1)
-        start_matrix[:ndim, ndim] = (world_centre_of_mass(moving_n, moving.affine)
-                                     - world_centre_of_mass(fixed_n, fixed.affine))
+        # the fixed grid before the affine stage sees them. A given initial matrix replaces it.
+        if initial is not None:
+            start_matrix = initial
+        else:
+            start_matrix = np.eye(ndim + 1)
+            start_matrix[:ndim, ndim] = (world_centre_of_mass(moving_n, moving.affine)
+                                         - world_centre_of_mass(fixed_n, fixed.affine))
         with torch.no_grad():
             started = through(start_matrix)
         reg = config.build("affine", verbose)
