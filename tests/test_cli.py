@@ -26,7 +26,8 @@ def run_python(args, cwd, **kwargs) -> subprocess.CompletedProcess:
 
 # --- help and entry points: no torch -------------------------------------------------------
 
-@pytest.mark.parametrize("argv", [["--help"], ["demo", "--help"], ["register", "--help"], ["apply", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], ["demo", "--help"], ["register", "--help"], ["apply", "--help"],
+                                  ["apply-points", "--help"]])
 def test_help_does_not_import_torch(argv, tmp_path):
     code = textwrap.dedent(f"""
         import json, sys

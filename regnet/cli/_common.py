@@ -2,8 +2,9 @@
 
 Expected errors (a bad argument or config, a missing or unreadable file, an output that cannot
 be written) print one line to stderr, ``regnet COMMAND: error: ...``, and give exit status 2
-(usage: argparse errors, a bad ``--config``, a bad option value, no CUDA for ``--device
-cuda``) or 1 (anything else); no traceback. Imports no torch at module level.
+(usage: argparse errors, a bad ``--config``, a bad option value, a missing, unreadable or
+unusable ``--transform`` / ``--points`` / ``--initial-transform``, named as the option; no CUDA
+for ``--device cuda``) or 1 (anything else); no traceback. Imports no torch at module level.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ def failure(command: str, problem: Exception) -> int:
     from regnet._checks import ConfigError
 
     message = describe(problem) if isinstance(problem, OSError) else str(problem)
+    argument = getattr(problem, "argument", None)  # regnet.pipeline.ArgumentError: name the option
+    if isinstance(argument, str) and isinstance(getattr(problem, "detail", None), str):
+        message = f"--{argument.replace('_', '-')}: {problem.detail}"
     error(command, message)
     return 2 if isinstance(problem, ConfigError) else 1
 
@@ -53,6 +57,15 @@ def out_problem(command: str, out: Path) -> bool:
         error(command, problem)
         return True
     return False
+
+
+def transform_argument(parser: argparse.ArgumentParser) -> None:
+    """``--transform DIR | FILE [FILE ...]`` (repeatable, like ANTs' ``-t``)."""
+    parser.add_argument(
+        "--transform", metavar="DIR|FILE", nargs="+", action="extend", required=True,
+        help="output folder of 'regnet register', or transform files in ANTs' order (repeat or list them; "
+             "FILE,1 inverts an affine: .mat, .txt; displacement fields .nii.gz)",
+    )
 
 
 def device_and_quiet(parser: argparse.ArgumentParser) -> None:

@@ -38,6 +38,9 @@ def add(commands) -> None:
         help="settings file with sections 'affine:' and 'syn:' (constructor arguments of "
              "AffineRegistration / SyNRegistration); presets in configs/",
     )
+    parser.add_argument("--initial-transform", metavar="FILE", help="affine to start from instead of the centres "
+                        "of mass: regnet's affine.txt or an ANTs/ITK .mat/.txt (FILE,1: its inverse), as ANTs' "
+                        "--initial-moving-transform")
     parser.add_argument("--fixed-labels", metavar="SEG", help="label map of the fixed image: per-structure Dice "
                         "and HD95 (mm) before/after in report.json, with --moving-labels")
     parser.add_argument("--moving-labels", metavar="SEG", help="label map of the moving image (any grid); "
@@ -62,7 +65,8 @@ def run(args: argparse.Namespace, start: float) -> int:
     labels = None if args.fixed_labels is None else (args.moving_labels, args.fixed_labels)
     try:
         report = register_files(args.fixed, args.moving, args.transform, out, config=args.config,
-                                device=args.device, verbose=not args.quiet, labels=labels)
+                                device=args.device, verbose=not args.quiet, labels=labels,
+                                initial_transform=args.initial_transform)
     except (ValueError, TypeError, OSError) as problem:
         return failure(COMMAND, problem)
     print(summary(report, time.perf_counter() - start))

@@ -5,7 +5,9 @@
   PNG/JPEG/TIFF);
 - :mod:`regnet.io.displacement`: :func:`save_ddf` / :func:`load_ddf` (ITK/ANTs displacement
   fields, world mm, LPS);
-- :mod:`regnet.io.affine_text`: :func:`save_affine` / :func:`load_affine` (``affine.txt``).
+- :mod:`regnet.io.affine_text`: :func:`save_affine` / :func:`load_affine` (``affine.txt``);
+- :mod:`regnet.io.itk_transforms`: ITK/ANTs affine files (``affine.mat``, ``0GenericAffine.mat``);
+- :mod:`regnet.io.points`: point CSV files as ``antsApplyTransformsToPoints`` reads them.
 
 Geometry between two grids (world-space ``theta``, resampling through the headers, world <->
 voxel displacement fields) lives in :mod:`regnet.geometry`; its file-facing functions are

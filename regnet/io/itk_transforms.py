@@ -170,8 +170,9 @@ def _read_mat(fn: str, path: Path) -> dict[str, np.ndarray]:
         little = struct.unpack("<i", data[offset:offset + 4])[0]
         order = "<" if 0 <= little < 5000 else ">"
         mopt, rows, cols, imaginary, length = struct.unpack(f"{order}5i", data[offset:offset + 20])
-        precision = (mopt // 10) % 10
-        if mopt // 1000 not in (0, 1) or precision not in (0, 1) or imaginary or rows < 0 or cols < 0 or length <= 0:
+        precision = (mopt // 10) % 10  # mopt = 1000 M (byte order) + 100 O (0) + 10 P (precision) + T (0: full matrix)
+        if (mopt // 1000 not in (0, 1) or (mopt // 100) % 10 or precision not in (0, 1) or mopt % 10 or imaginary
+                or rows < 0 or cols < 0 or length <= 0):
             raise ValueError(f"{fn}: {path}: not a MATLAB v4 transform file (header {mopt, rows, cols, imaginary})")
         offset += 20
         name = data[offset:offset + length].split(b"\0")[0].decode("ascii", errors="replace")

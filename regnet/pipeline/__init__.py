@@ -1,7 +1,8 @@
 """File-to-file work of the command line: registration and application of saved transforms
-on image files (:mod:`~regnet.pipeline.run`), output files and ``report.json``
-(:mod:`~regnet.pipeline.outputs`), the overview figure (:mod:`~regnet.pipeline.figures`) and
-atomic output folders (:mod:`~regnet.pipeline.outdir`).
+on image files (:mod:`~regnet.pipeline.run`), transform lists in ANTs' order
+(:mod:`~regnet.pipeline.transform_list`), point files (:mod:`~regnet.pipeline.points`),
+output files and ``report.json`` (:mod:`~regnet.pipeline.outputs`), the overview figure
+(:mod:`~regnet.pipeline.figures`) and atomic output folders (:mod:`~regnet.pipeline.outdir`).
 
 The in-memory registration of two images is :func:`regnet.registration.register_images`
 (re-exported here, with the other names this module has always offered). Names are imported
@@ -20,6 +21,13 @@ _LAZY = {
     "register_files": "regnet.pipeline.run",
     "apply_transform": "regnet.pipeline.run",
     "INTERPOLATIONS": "regnet.pipeline.run",
+    "read_initial_transform": "regnet.pipeline.run",
+    "apply_points": "regnet.pipeline.points",
+    "map_points": "regnet.pipeline.points",
+    "read_transforms": "regnet.pipeline.transform_list",
+    "folder_list": "regnet.pipeline.transform_list",
+    "TransformList": "regnet.pipeline.transform_list",
+    "ArgumentError": "regnet.pipeline.transform_list",
     "write_outputs": "regnet.pipeline.outputs",
     "write_report": "regnet.pipeline.outputs",
     "warped_name": "regnet.pipeline.outputs",

@@ -13,23 +13,27 @@ Example::
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from regnet.io import load_affine, load_ddf, load_image
+from regnet.io import load_image
+from regnet.io._files import suffix
+from regnet.io.itk_transforms import ITK_SUFFIXES
 from regnet.pipeline.outdir import REPORT_NAME, check_out_dir, output_folder
 from regnet.pipeline.outputs import save_warped, write_outputs, write_report
+from regnet.pipeline.transform_list import ArgumentError, Field, field_grid, parse_item, read_affine, read_transforms
 from regnet.registration.config import load_config
-from regnet.registration.world import TRANSFORMS, check_device, register_images, sample_moving, total_ddf
+from regnet.registration.world import TRANSFORMS, check_device, register_images, sample_moving
 
 INTERPOLATIONS = ("linear", "nearest")
 
 
 def register_files(fixed_path, moving_path, transform: str, out_dir, config=None, device="cpu",
-                   verbose: bool = True, labels: tuple | None = None) -> dict:
+                   verbose: bool = True, labels: tuple | None = None, initial_transform=None) -> dict:
     """``regnet register``: register ``moving_path`` onto ``fixed_path`` and write ``out_dir``.
 
     Args:
@@ -43,6 +47,9 @@ def register_files(fixed_path, moving_path, transform: str, out_dir, config=None
         labels: ``(moving_labels_path, fixed_labels_path)``: label maps of the two subjects
             (the fixed one on the fixed image's grid; the moving one on any grid); adds
             ``warped_labels.nii.gz`` and per-structure Dice and HD95 (mm) to the report.
+        initial_transform: an affine to start from instead of the centres of mass (ANTs'
+            ``--initial-moving-transform``): regnet's ``affine.txt``, an ANTs/ITK ``.mat`` /
+            ``.txt``, ``"FILE,1"`` for its inverse (:func:`read_initial_transform`).
 
     Returns:
         The report (also ``out_dir/report.json``) with ``out_dir`` added.
@@ -56,15 +63,33 @@ def register_files(fixed_path, moving_path, transform: str, out_dir, config=None
     fixed = load_image(fixed_path)
     moving = load_image(moving_path)
     label_images = None if labels is None else _load_labels(labels, fixed)
+    initial = None if initial_transform is None else read_initial_transform(initial_transform, fixed.ndim)
     load_time = time.perf_counter() - start
     with output_folder(out_dir) as tmp:
-        result = register_images(fixed, moving, transform, config, device, verbose)
+        result = register_images(fixed, moving, transform, config, device, verbose, initial_matrix=initial)
         result.report["time_s"]["load"] = load_time
         report = write_outputs(result, tmp, labels=label_images)
         report["time_s"]["total"] = time.perf_counter() - start
         write_report(tmp / REPORT_NAME, report)
     report["out_dir"] = str(Path(out_dir).absolute())
     return report
+
+
+def read_initial_transform(initial_transform, ndim: int | None = None) -> np.ndarray:
+    """The world matrix (RAS, fixed -> moving) of an initial transform: ``affine.txt``, an
+    ANTs/ITK ``.mat`` / ``.txt``, or ``"FILE,1"`` / ``(FILE, True)`` for its inverse.
+    :class:`~regnet.pipeline.transform_list.ArgumentError` (``initial_transform``) otherwise."""
+    argument = "initial_transform"
+    path, invert = parse_item(initial_transform, argument)
+    if path.is_dir():
+        path = next((path / name for name in ("affine.mat", "affine.txt") if (path / name).is_file()), path)
+    if not path.is_file():
+        raise ArgumentError(argument, f"no such file '{path}'")
+    if suffix(path) not in ITK_SUFFIXES:
+        raise ArgumentError(argument, f"'{path}': an initial transform is an affine file (regnet's affine.txt, an "
+                                      f"ANTs/ITK .mat or .txt), got {suffix(path)!r}")
+    matrix = read_affine(path, ndim, argument)
+    return np.linalg.inv(matrix) if invert else matrix
 
 
 def _load_labels(labels: tuple, fixed) -> tuple:
@@ -86,57 +111,77 @@ def _load_labels(labels: tuple, fixed) -> tuple:
     return moving_labels, fixed_labels
 
 
-def apply_transform(fixed_path, moving_path, transform_dir, out_path, interp: str = "linear",
-                    device="cpu") -> Path:
-    """``regnet apply``: map an image of the moving subject through a saved transform.
+def apply_transform(fixed_path, moving_path, transform, out_path, interp: str = "linear", device="cpu", *,
+                    reference=None, inverse: bool = False) -> Path:
+    """``regnet apply``: map an image through a saved transform onto an output grid, as
+    ``antsApplyTransforms -i moving_path -r reference -t transform`` does.
 
     Args:
-        fixed_path: the fixed image of the registration (its grid and header are the output's).
-        moving_path: any image or label map of the moving subject, on any grid (its own affine).
-        transform_dir: a ``regnet register`` output folder (``ddf.nii.gz``, or ``affine.txt``
-            alone).
+        fixed_path: the fixed image of the registration: its grid and header are the output's
+            (with a regnet folder it must be that registration's fixed grid); ``None`` when
+            ``reference`` is given.
+        moving_path: the image or label map to map, on any grid (its own affine): of the moving
+            subject, or with ``inverse`` of the fixed subject.
+        transform: a ``regnet register`` folder, a transform file, or a list in ANTs' order
+            (:func:`~regnet.pipeline.transform_list.read_transforms`: ``.mat`` / ``.txt``
+            affines, ``"FILE,1"`` to invert one, displacement fields ``.nii.gz``).
         out_path: ``.nii.gz``, ``.nii`` or ``.png`` (2D).
-        interp: ``"linear"`` (float32 output) or ``"nearest"`` (label maps: the moving file's
+        interp: ``"linear"`` (float32 output) or ``"nearest"`` (label maps: the input file's
             dtype and values are kept).
+        reference: any image whose grid and header the output takes (ANTs' ``-r``), instead
+            of ``fixed_path``; with ``inverse`` an image of the moving subject (e.g. the moving
+            image).
+        inverse: map an image of the fixed subject onto the moving subject: a folder's inverse
+            list (``[affine.mat,1, inverse_warp.nii.gz]``), or the given list reversed with its
+            affines inverted (a list with a displacement field is refused: give its inverse).
 
     Returns:
         ``Path(out_path)``.
     """
     if interp not in INTERPOLATIONS:
         raise ValueError(f"interp must be one of {', '.join(INTERPOLATIONS)}, got {interp!r}")
+    if (fixed_path is None) == (reference is None):
+        raise ValueError("give the output grid as either fixed_path (--fixed) or reference (--reference), "
+                         f"got {'both' if reference is not None else 'neither'}")
+    if inverse and fixed_path is not None:
+        raise ValueError("inverse maps onto the moving subject: give its grid as reference (--reference, e.g. the "
+                         "moving image), not as the fixed image (--fixed)")
     dev = check_device(device)
-    transform_dir = Path(transform_dir)
-    if not transform_dir.is_dir():
-        raise FileNotFoundError(f"transform folder '{transform_dir}' does not exist")
-    fixed = load_image(fixed_path)
+    grid_image = load_image(fixed_path if reference is None else reference)
+    grid = (grid_image.spatial_shape, grid_image.affine)
+    transforms = read_transforms(transform, inverse=inverse, ndim=grid_image.ndim, grid=grid)
+    if fixed_path is not None:
+        _check_fixed_grid(transform, transforms, grid_image, fixed_path)
     # linear: float32, exactly as `register` samples the moving image; nearest: the stored type
     moving = load_image(moving_path, dtype=None if interp == "nearest" else torch.float32)
-    if (transform_dir / "ddf.nii.gz").is_file():
-        ddf, affine = load_ddf(transform_dir / "ddf.nii.gz")
-        if tuple(ddf.shape[2:]) != fixed.spatial_shape or not np.allclose(affine, fixed.affine, atol=1e-4):
-            grid, fixed_grid = "x".join(map(str, ddf.shape[2:])), "x".join(map(str, fixed.spatial_shape))
-            raise ValueError(
-                f"the transform in '{transform_dir}' is on a {grid} grid with affine {np.round(affine, 4).tolist()}, "
-                f"but --fixed '{fixed_path}' is {fixed_grid} with affine {np.round(fixed.affine, 4).tolist()}: "
-                f"pass the fixed image of that registration"
-            )
-    elif (transform_dir / "affine.txt").is_file():
-        matrix = load_affine(transform_dir / "affine.txt")
-        if matrix.shape[0] != fixed.ndim + 1:
-            raise ValueError(f"'{transform_dir / 'affine.txt'}' is a {matrix.shape[0] - 1}D transform but "
-                             f"--fixed is {fixed.ndim}D")
-        ddf = total_ddf(matrix, None, fixed.spatial_shape, fixed.affine).float()
-    else:
-        raise FileNotFoundError(f"'{transform_dir}' holds neither ddf.nii.gz nor affine.txt (not a regnet "
-                                f"register output)")
-    if moving.ndim != fixed.ndim:
-        raise ValueError(f"--moving '{moving_path}' is {moving.ndim}D but the transform is {fixed.ndim}D")
+    if moving.ndim != grid_image.ndim:
+        raise ValueError(f"--moving '{moving_path}' is {moving.ndim}D but the transform is {grid_image.ndim}D")
     if moving.data.is_complex():
         raise ValueError(f"--moving '{moving_path}' has complex values")
     with torch.no_grad():
-        out = sample_moving(moving, ddf.to(dev), fixed.affine, "nearest" if interp == "nearest" else "bilinear")
+        ddf = transforms.ddf(*grid, device=dev)
+        out = sample_moving(moving, ddf, grid_image.affine, "nearest" if interp == "nearest" else "bilinear")
     if interp == "linear":
         out = out.float()
     out_path = Path(out_path)
-    save_warped(out_path, out, fixed, moving, nearest=interp == "nearest")
+    save_warped(out_path, out, grid_image, moving, nearest=interp == "nearest")
     return out_path
+
+
+def _check_fixed_grid(transform, transforms, fixed, fixed_path) -> None:
+    """With a regnet folder and ``--fixed``: the fixed image must be that registration's (the grid
+    of its ``ddf.nii.gz``)."""
+    items = [transform] if isinstance(transform, (str, os.PathLike)) else list(transform)
+    folder = Path(items[0]) if len(items) == 1 and isinstance(items[0], (str, os.PathLike)) else None
+    if folder is None or not (folder / "ddf.nii.gz").is_file():
+        return
+    steps = transforms.steps
+    if len(steps) == 1 and isinstance(steps[0], Field) and steps[0].path.name == "ddf.nii.gz":
+        return  # folder_list chose ddf.nii.gz: it lies on the fixed grid
+    ddf_shape, affine = field_grid(folder / "ddf.nii.gz", fixed.ndim) or ((), np.eye(fixed.ndim + 1))
+    raise ValueError(
+        f"the transform in '{folder}' is on a {'x'.join(map(str, ddf_shape))} grid with affine "
+        f"{np.round(affine, 4).tolist()}, but --fixed '{fixed_path}' is {'x'.join(map(str, fixed.spatial_shape))} "
+        f"with affine {np.round(fixed.affine, 4).tolist()}: pass the fixed image of that registration, or give "
+        f"another output grid with --reference"
+    )
