@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
@@ -261,6 +262,94 @@ def finite(fn: str, name: str, x: torch.Tensor) -> torch.Tensor:
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{fn}: {name} contains NaN or infinite values")
     return x
+
+
+# --- masks and voxel weights ----------------------------------------------------------------
+
+def _per_voxel_shape(fn: str, name: str, x: torch.Tensor, like: torch.Tensor, like_name: str) -> None:
+    """``x`` has shape ``(B or 1, C or 1, *spatial)`` of ``like`` ``(B, C, *spatial)``."""
+    if (
+        x.dim() != like.dim()
+        or x.shape[0] not in (1, like.shape[0])
+        or x.shape[1] not in (1, like.shape[1])
+        or x.shape[2:] != like.shape[2:]
+    ):
+        spatial = ", ".join(map(str, like.shape[2:]))
+        expected = f"(B or 1, C or 1, *spatial) = ({like.shape[0]} or 1, {like.shape[1]} or 1, {spatial})"
+        raise ValueError(f"{fn}: {name} must have shape {expected} to go with {like_name} "
+                         f"{tuple(like.shape)}, got {tuple(x.shape)}")
+    if x.device != like.device:
+        raise ValueError(f"{fn}: {name} is on {x.device} but {like_name} is on {like.device}; move both to one device")
+
+
+def voxel_weight(fn: str, name: str, x, like: torch.Tensor, like_name: str = "pred") -> torch.Tensor:
+    """An op's per-voxel weight for ``like`` ``(B, C, *spatial)``: a tensor of ``like``'s dtype and
+    device, shape ``(B or 1, C or 1, *spatial)``, not requiring grad (ops do not differentiate
+    it). Values are not checked (that would synchronise the device; ops never do)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{fn}: {name} must be a torch.Tensor or None, got {type(x).__name__}")
+    _per_voxel_shape(fn, name, x, like, like_name)
+    if x.dtype != like.dtype:
+        raise TypeError(f"{fn}: {name} has dtype {x.dtype} but {like_name} has dtype {like.dtype}; use one dtype")
+    if x.requires_grad and torch.is_grad_enabled():
+        raise ValueError(f"{fn}: {name} requires grad, but no gradient is computed for it; pass {name}.detach()")
+    return x
+
+
+# Masks whose values were checked, by id: (a weak reference, the tensor's version counter), so that
+# a registration loop passing the same mask every iteration synchronises once, not per iteration.
+_CHECKED_VALUES: dict[int, tuple[weakref.ref, int]] = {}
+
+
+def non_negative_finite(fn: str, name: str, x: torch.Tensor) -> torch.Tensor:
+    """All values finite and ``>= 0`` (bool always passes). Reads the device once per tensor and
+    version (an in-place change is checked again); skipped while a CUDA graph is being captured
+    (the eager warm-up iterations before it checked the same tensor)."""
+    if x.dtype == torch.bool:
+        return x
+    try:
+        version = x._version
+    except RuntimeError:  # inference tensors keep no version counter: check every time
+        version = None
+    seen = _CHECKED_VALUES.get(id(x))
+    if version is not None and seen is not None and seen[0]() is x and seen[1] == version:
+        return x
+    if x.is_cuda and torch.cuda.is_current_stream_capturing():
+        return x
+    values = x.detach()
+    if values.is_floating_point() and not bool(torch.isfinite(values).all()):
+        count = int((~torch.isfinite(values)).sum())
+        raise ValueError(f"{fn}: {name} must hold finite values >= 0 (bool, 0/1 or soft weights), "
+                         f"got {count} NaN or infinite value(s)")
+    if values.numel() and bool((values < 0).any()):
+        raise ValueError(f"{fn}: {name} must hold finite values >= 0 (bool, 0/1 or soft weights), "
+                         f"got a minimum of {values.min().item()}")
+    if version is not None:
+        if len(_CHECKED_VALUES) >= 64:
+            _CHECKED_VALUES.clear()
+        ident = id(x)
+
+        def forget(_: weakref.ref) -> None:
+            _CHECKED_VALUES.pop(ident, None)
+
+        _CHECKED_VALUES[ident] = (weakref.ref(x, forget), version)
+    return x
+
+
+def mask(fn: str, name: str, x, like: torch.Tensor, like_name: str = "pred") -> torch.Tensor:
+    """A loss's mask for ``like`` ``(B, C, *spatial)``: a tensor (bool, integer or floating) of shape
+    ``(B or 1, C or 1, *spatial)`` on ``like``'s device, with finite values ``>= 0`` (see
+    :func:`non_negative_finite`); returned detached (a mask is a constant: no gradient flows to
+    it) in ``like``'s dtype."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{fn}: {name} must be a torch.Tensor or None, got {type(x).__name__}")
+    if like.dim() < 2:
+        raise ValueError(f"{fn}: a {name} needs {like_name} of shape (B, C, *spatial), got shape {tuple(like.shape)}")
+    if x.is_complex():
+        raise TypeError(f"{fn}: {name} must be bool, integer or floating, got {x.dtype}")
+    _per_voxel_shape(fn, name, x, like, like_name)
+    non_negative_finite(fn, name, x)
+    return x.detach().to(like.dtype)
 
 
 # --- geometry -------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ tensors with ``backend="triton"`` in every configuration that selects a differen
 specialisation: sampling sources x modes x paddings x alignment x rank x dtype, batch
 broadcast and deterministic mode, the fused ``affine_transform_params``; compose / exp (modes,
 paddings, deterministic); Gaussian smoothing; local NCC (map, mean, sum; one or both
-gradients); joint histogram (Gaussian, B-spline, deterministic). The ops' results are
+gradients; with a voxel weight); joint histogram (Gaussian, B-spline, deterministic; with
+sample weights). The ops' results are
 garbage (nothing ran); only the compilation counts.
 
 ``--level subset`` (what the test suite runs, ~20 s on a clean Triton cache) compiles every
@@ -221,10 +222,12 @@ def configurations(level: str = "full"):
     for ndim, mode, dtype in cases:
         yield f"gaussian_smooth {ndim}D {mode} {dtype}", lambda a=(ndim, mode, dtype): gaussian(*a)
 
-    def lncc(ndim, kernel_type, convention, reduction, dtype, both):
+    def lncc(ndim, kernel_type, convention, reduction, dtype, both, weighted=False):
         p = torch.rand((2, 1, *(9, 8, 7)[:ndim]), dtype=dtype, requires_grad=True)
         t = torch.rand((2, 1, *(9, 8, 7)[:ndim]), dtype=dtype, requires_grad=both)
-        out = ops.local_ncc(p, t, 5, kernel_type, convention=convention, reduction=reduction, backend="triton")
+        w = torch.rand((1, 1, *(9, 8, 7)[:ndim]), dtype=dtype) if weighted else None
+        out = ops.local_ncc(p, t, 5, kernel_type, convention=convention, reduction=reduction, weight=w,
+                            backend="triton")
         grads(out, p, t)
 
     windows, conventions, reductions = ("rectangular", "gaussian", "triangular"), ("monai", "torchreg"), \
@@ -235,11 +238,19 @@ def configurations(level: str = "full"):
                  for j, ndim in enumerate((1, 2, 3))]
     for args in cases:
         yield "local_ncc " + " ".join(map(str, args)), lambda a=args: lncc(*a)
+    # The voxel weight (masked losses): each reduction with one or both gradients, every dtype.
+    cases = itertools.product((1, 2, 3), reductions, dtypes, (False, True))
+    if subset:  # each reduction once, ranks, dtypes and gradients spread
+        cases = [(3 - j, reduction, every_dtype[(j + 1) % 4], bool(j % 2)) for j, reduction in enumerate(reductions)]
+    for ndim, reduction, dtype, both in cases:
+        yield f"local_ncc weighted {ndim} {reduction} {dtype} {both}", \
+            lambda a=(ndim, "rectangular", "monai", reduction, dtype, both, True): lncc(*a)
 
-    def histogram(ndim, kernel, dtype, det):
+    def histogram(ndim, kernel, dtype, det, weighted=False):
         p = torch.rand((2, 1, *(9, 8, 7)[:ndim]), dtype=dtype, requires_grad=True)
         t = torch.rand((2, 1, *(9, 8, 7)[:ndim]), dtype=dtype, requires_grad=True)
-        deterministic(det, lambda: grads(ops.joint_histogram(p, t, 16, kernel, backend="triton"), p, t))
+        w = torch.rand((2, 1, *(9, 8, 7)[:ndim]), dtype=dtype) if weighted else None
+        deterministic(det, lambda: grads(ops.joint_histogram(p, t, 16, kernel, weight=w, backend="triton"), p, t))
 
     kernels = ("gaussian", "b-spline")
     cases = itertools.product((1, 2, 3), kernels, dtypes, (False, True))
@@ -248,6 +259,11 @@ def configurations(level: str = "full"):
                  for j, kernel in enumerate(kernels) for det in (False, True)]
     for args in cases:
         yield "joint_histogram " + " ".join(map(str, args)), lambda a=args: histogram(*a)
+    cases = itertools.product((1, 2, 3), kernels, dtypes, (False, True))
+    if subset:  # the sample weights: each Parzen kernel once, deterministic or not, dtypes spread
+        cases = [(2 + j, kernel, pick(every_dtype, j, 2), bool(j)) for j, kernel in enumerate(kernels)]
+    for args in cases:
+        yield "joint_histogram weighted " + " ".join(map(str, args)), lambda a=args: histogram(*a, weighted=True)
 
 
 def all_kernels() -> set[str]:

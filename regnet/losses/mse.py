@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from regnet import _checks
-from regnet.losses._reduce import check_reduction, reduce
+from regnet.losses._reduce import check_reduction, masked_mean, reduce
 
 
 def mse(
@@ -19,7 +19,8 @@ def mse(
     Without a mask this equals ``torch.nn.functional.mse_loss(pred, target, reduction=...)``.
 
     With a mask ``(B or 1, C or 1, *spatial)`` (bool, 0/1 or soft non-negative weights,
-    broadcast over the batch and channels of ``pred``), ``err = mask * (pred - target)^2`` and
+    broadcast over the batch and channels of ``pred``; the convention of every masked loss, see
+    ``docs/conventions.md``), ``err = mask * (pred - target)^2`` and
 
     - ``"mean"``: ``sum(err) / sum(mask broadcast to pred's shape)``: the mean over the masked
       voxels (the weighted mean for soft weights). An all-zero mask gives ``0`` (not NaN), with
@@ -30,7 +31,9 @@ def mse(
     Args:
         pred, target: tensors of one shape ``(B, C, *spatial)`` (any number of dimensions >= 2),
             floating, on one device. No broadcasting between them.
-        mask: optional mask as above, on the same device.
+        mask: optional mask as above, on the same device; finite values ``>= 0`` (checked once
+            per mask tensor). A constant: no gradient flows to it (e.g. through a moving mask
+            warped by the field being optimised), as ANTs treats its masks.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
     """
     fn = "mse"
@@ -44,35 +47,11 @@ def mse(
     _checks.same_device_dtype(fn, pred=pred, target=target)
     if mask is None:  # ATen's fused op: one autograd node (the affine loop's hot path)
         return torch.nn.functional.mse_loss(pred, target, reduction=reduction)
-    err = (pred - target) ** 2
-    weight = _mask(fn, mask, pred)
-    err = err * weight
+    weight = _checks.mask(fn, "mask", mask, pred)
+    err = (pred - target) ** 2 * weight
     if reduction != "mean":
         return reduce(err, reduction)
-    count = weight.sum() * (err.numel() // weight.numel())
-    # An all-zero mask gives 0 / 1 = 0: no NaN in the value or in the gradient.
-    return err.sum() / torch.where(count > 0, count, torch.ones_like(count))
-
-
-def _mask(fn: str, mask, pred: torch.Tensor) -> torch.Tensor:
-    if not isinstance(mask, torch.Tensor):
-        raise TypeError(f"{fn}: mask must be a torch.Tensor or None, got {type(mask).__name__}")
-    if pred.dim() < 2:
-        raise ValueError(f"{fn}: a mask needs pred of shape (B, C, *spatial), got shape {tuple(pred.shape)}")
-    spatial = ", ".join(map(str, pred.shape[2:]))
-    expected = f"(B or 1, C or 1, *spatial) = ({pred.shape[0]} or 1, {pred.shape[1]} or 1, {spatial})"
-    if (
-        mask.dim() != pred.dim()
-        or mask.shape[0] not in (1, pred.shape[0])
-        or mask.shape[1] not in (1, pred.shape[1])
-        or mask.shape[2:] != pred.shape[2:]
-    ):
-        raise ValueError(f"{fn}: mask must have shape {expected}, got {tuple(mask.shape)}")
-    if mask.device != pred.device:
-        raise ValueError(f"{fn}: mask is on {mask.device} but pred is on {pred.device}; move both to one device")
-    if mask.is_complex():
-        raise TypeError(f"{fn}: mask must be bool, integer or floating, got {mask.dtype}")
-    return mask.to(pred.dtype)
+    return masked_mean(err.sum(), weight, err.numel())
 
 
 class MSELoss(torch.nn.Module):

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from regnet import ops
+from regnet import _checks, ops
 from regnet.losses._reduce import check_reduction, reduce
 from regnet.ops.joint_histogram import check_options
 
@@ -25,6 +25,7 @@ def global_mutual_information(
     sigma_ratio: float = 0.5,
     smooth_nr: float = 1e-7,
     smooth_dr: float = 1e-7,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mutual information of the intensities of ``pred`` and ``target``, per batch item.
 
@@ -41,12 +42,24 @@ def global_mutual_information(
     Args:
         pred, target: ``(B, C, *spatial)`` images, same shape; channels and voxels of an
             item are its samples.
+        mask: optional ``(B or 1, C or 1, *spatial)`` (bool, 0/1 or soft weights ``>= 0``,
+            broadcast over the batch and channels; :func:`regnet.losses.functional.mse`'s
+            convention) restricting MI to a region (ANTs' ``-x``): the joint histogram counts
+            each voxel with its mask value and is normalised by the item's total (a 0/1 mask
+            gives exactly the MI of the voxels inside; the B-spline bins are placed from their
+            min / max). An item whose mask is all zero scores 0 with a zero gradient (never
+            NaN). No gradient flows to the mask.
 
     Returns:
         ``(B,)`` mutual information, ``>= 0`` up to the smoothing terms.
     """
-    _check_smoothing("global_mutual_information", smooth_nr, smooth_dr)
-    pab = ops.joint_histogram(pred, target, num_bins, kernel, sigma_ratio)
+    fn = "global_mutual_information"
+    _check_smoothing(fn, smooth_nr, smooth_dr)
+    weight = None
+    if mask is not None:
+        _checks.tensor(fn, "pred", pred, ndims=(3, 4, 5))
+        weight = _checks.mask(fn, "mask", mask, pred)
+    pab = ops.joint_histogram(pred, target, num_bins, kernel, sigma_ratio, weight=weight)
     pa = pab.sum(2, keepdim=True)  # (B, bins, 1)
     pb = pab.sum(1, keepdim=True)  # (B, 1, bins)
     ratio = (pab + smooth_nr) / (pa * pb + smooth_dr)
@@ -56,8 +69,9 @@ def global_mutual_information(
 class GlobalMILoss(torch.nn.Module):
     """Negative global mutual information, MONAI's ``GlobalMutualInformationLoss``.
 
-    ``forward(pred, target)`` returns ``-MI`` reduced over the batch (``"mean"``, ``"sum"``
-    or ``"none"`` for ``(B,)``); see :func:`global_mutual_information`. Equal to MONAI's
+    ``forward(pred, target, mask=None)`` returns ``-MI`` reduced over the batch (``"mean"``,
+    ``"sum"`` or ``"none"`` for ``(B,)``; with a mask, each item's MI of its masked voxels); see
+    :func:`global_mutual_information`. Equal to MONAI's
     loss with the same ``num_bins``, ``kernel`` (MONAI's ``kernel_type``) and
     ``sigma_ratio``, values and gradients, except that the b-spline bins are placed per
     batch item (MONAI: over the whole batch). The joint histogram is accumulated in chunks,
@@ -85,9 +99,9 @@ class GlobalMILoss(torch.nn.Module):
         self.smooth_nr = smooth_nr
         self.smooth_dr = smooth_dr
 
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         mi = global_mutual_information(
-            pred, target, self.num_bins, self.kernel, self.sigma_ratio, self.smooth_nr, self.smooth_dr
+            pred, target, self.num_bins, self.kernel, self.sigma_ratio, self.smooth_nr, self.smooth_dr, mask
         )
         return reduce(mi, self.reduction).neg()
 

@@ -18,7 +18,7 @@ Conventions shared by every family:
   ``(output, saved)``; ``saved`` is a list of tensors the op stores with
   ``ctx.save_for_backward`` and hands back (the backward may consume the list).
 
-The parameters are positional-only: the ops call them positionally (``reduction`` of
+The parameters are positional-only: the ops call them positionally (``reduction`` and ``weight`` of
 ``local_ncc`` by keyword), so implementations may name them as they like.
 """
 
@@ -101,26 +101,31 @@ class SmoothingBackend(Protocol):
 class LocalNCCBackend(Protocol):
     """``local_ncc``: window ``k`` (1-D weights in the inputs' dtype and device), MONAI's window
     volume ``V``, ``smooth_nr``, ``floor``, ``eps`` (see :mod:`regnet.ops._torch.local_ncc`);
-    ``reduction`` ``"none"`` (the map), ``"mean"`` or ``"sum"`` (0-d; its gradient is 0-d)."""
+    ``reduction`` ``"none"`` (the map), ``"mean"`` or ``"sum"`` (0-d; its gradient is 0-d);
+    ``weight`` ``None`` or ``(B or 1, C or 1, *spatial)`` in the inputs' dtype, multiplying the map
+    before the reduction (and the incoming gradient per voxel in backward)."""
 
     def local_ncc_forward(self, pred: Tensor, target: Tensor, k: Tensor, V: float, smooth_nr: float, floor: float,
-                          eps: float, /, reduction: str = "none") -> Tensor: ...
+                          eps: float, /, reduction: str = "none", weight: Tensor | None = None) -> Tensor: ...
 
     def local_ncc_backward(self, grad: Tensor, pred: Tensor, target: Tensor, k: Tensor, V: float, smooth_nr: float,
                            floor: float, eps: float, needs_pred: bool, needs_target: bool, /,
-                           reduction: str = "none") -> Grads2: ...
+                           reduction: str = "none", weight: Tensor | None = None) -> Grads2: ...
 
 
 @runtime_checkable
 class JointHistogramBackend(Protocol):
     """``joint_histogram``: ``(B, num_bins, num_bins)``; ``kernel`` ``"gaussian"`` (with its
-    ``preterm = 1 / (2 sigma^2)``) or ``"b-spline"``."""
+    ``preterm = 1 / (2 sigma^2)``) or ``"b-spline"``; ``weight`` ``None`` or ``(B or 1, C or 1,
+    *spatial)`` in the inputs' dtype: each sample counts with its weight, each item's histogram
+    is divided by its total weight (B-spline bins placed from the voxels of weight > 0)."""
 
     def joint_histogram_forward(self, pred: Tensor, target: Tensor, num_bins: int, kernel: str, preterm: float,
-                                /) -> Tensor: ...
+                                weight: Tensor | None = None, /) -> Tensor: ...
 
     def joint_histogram_backward(self, grad: Tensor, pred: Tensor, target: Tensor, num_bins: int, kernel: str,
-                                 preterm: float, needs_pred: bool, needs_target: bool, /) -> Grads2: ...
+                                 preterm: float, needs_pred: bool, needs_target: bool,
+                                 weight: Tensor | None = None, /) -> Grads2: ...
 
 
 @runtime_checkable

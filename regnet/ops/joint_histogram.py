@@ -37,20 +37,22 @@ def check_options(fn: str, num_bins, kernel, sigma_ratio) -> None:
 
 class JointHistogramFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, pred, target, num_bins, kernel, preterm, impl):
-        ctx.save_for_backward(pred, target)
+    def forward(ctx, pred, target, weight, num_bins, kernel, preterm, impl):
+        ctx.save_for_backward(pred, target, *(() if weight is None else (weight,)))
         ctx.options = (num_bins, kernel, preterm)
         ctx.impl = impl
-        return impl.joint_histogram_forward(pred, target, num_bins, kernel, preterm)
+        if weight is None:
+            return impl.joint_histogram_forward(pred, target, num_bins, kernel, preterm)
+        return impl.joint_histogram_forward(pred, target, num_bins, kernel, preterm, weight)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        pred, target = ctx.saved_tensors
+        pred, target, *weight = ctx.saved_tensors
         grad_pred, grad_target = ctx.impl.joint_histogram_backward(
-            grad, pred, target, *ctx.options, *ctx.needs_input_grad[:2]
+            grad, pred, target, *ctx.options, *ctx.needs_input_grad[:2], *weight
         )
-        return grad_pred, grad_target, None, None, None, None
+        return grad_pred, grad_target, None, None, None, None, None
 
 
 def joint_histogram(
@@ -60,6 +62,7 @@ def joint_histogram(
     kernel: str = "gaussian",
     sigma_ratio: float = 0.5,
     *,
+    weight: torch.Tensor | None = None,
     backend: str | None = None,
 ) -> torch.Tensor:
     """Parzen-window joint probability of the intensities of ``pred`` and ``target``.
@@ -95,6 +98,14 @@ def joint_histogram(
     underflow every weight to 0 (MONAI then returns NaN); in float64 the b-spline target
     weights stay float64 (MONAI forms them in float32).
 
+    Weighted samples (``weight=``, a mask restricting MI to a region, ANTs' ``-x``): sample ``i``
+    counts with its weight ``v_i >= 0`` and ``pab = sum_i v_i wa_i^T wb_i / sum_i v_i`` per item,
+    so a 0/1 weight gives exactly the histogram of the voxels where it is 1. The B-spline bins
+    are placed from the min / max of the voxels of weight ``> 0`` (ties and gradients through
+    them as above, among those voxels). An item whose weights are all zero gets an all-zero
+    histogram (not NaN) and zero gradients. ``weight=None`` gives the unweighted numbers bit for
+    bit.
+
     Memory: ``(B, N, num_bins)`` weights are never formed; the samples are accumulated in
     chunks and the backward pass recomputes the weights chunk by chunk. Only ``pred`` and
     ``target`` are saved for backward.
@@ -105,10 +116,15 @@ def joint_histogram(
         num_bins: number of bins per image, ``>= 2`` (``>= 5`` for ``"b-spline"``).
         kernel: ``"gaussian"`` or ``"b-spline"``.
         sigma_ratio: gaussian width in bin spacings, ``> 0``.
+        weight: optional per-voxel sample weights ``(B or 1, C or 1, *spatial)`` in ``pred``'s
+            dtype and device (broadcast over the batch and channels), values finite and
+            ``>= 0`` (not checked here: that would synchronise the device; the losses check
+            their masks). Not differentiated.
         backend: ``"auto"``, ``"torch"`` or ``"triton"``; see :func:`regnet.set_backend`.
 
     Returns:
-        ``(B, num_bins, num_bins)`` joint probabilities (each item sums to 1), row index
+        ``(B, num_bins, num_bins)`` joint probabilities (each item sums to 1, or to 0 for an
+        item whose weights are all zero), row index
         the pred bin, column index the target bin; dtype of ``pred``.
     """
     fn = "joint_histogram"
@@ -120,6 +136,8 @@ def joint_histogram(
     if pred.numel() == 0:
         raise ValueError(f"{fn}: pred must have at least one sample per batch item, got shape {tuple(pred.shape)}")
     check_options(fn, num_bins, kernel, sigma_ratio)
+    if weight is not None:
+        _checks.voxel_weight(fn, "weight", weight, pred)
     impl = select("joint_histogram", pred.device, backend)
     preterm = gaussian_preterm(num_bins, float(sigma_ratio)) if kernel == "gaussian" else 0.0
-    return JointHistogramFunction.apply(pred, target, num_bins, kernel, preterm, impl)
+    return JointHistogramFunction.apply(pred, target, weight, num_bins, kernel, preterm, impl)

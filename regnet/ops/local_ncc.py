@@ -50,21 +50,23 @@ def _window_weights(kernel_size: int, kernel_type: str, ndim: int) -> tuple[tupl
 
 class LocalNCCFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, pred, target, kernel, volume, smooth_nr, floor, eps, reduction, impl):
-        ctx.save_for_backward(pred, target, kernel)
+    def forward(ctx, pred, target, kernel, weight, volume, smooth_nr, floor, eps, reduction, impl):
+        ctx.save_for_backward(pred, target, kernel, *(() if weight is None else (weight,)))
         ctx.options = (volume, smooth_nr, floor, eps)
         ctx.reduction = reduction
         ctx.impl = impl
-        return impl.local_ncc_forward(pred, target, kernel, volume, smooth_nr, floor, eps, reduction=reduction)
+        return impl.local_ncc_forward(pred, target, kernel, volume, smooth_nr, floor, eps, reduction=reduction,
+                                      weight=weight)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        pred, target, kernel = ctx.saved_tensors
+        pred, target, kernel, *weight = ctx.saved_tensors
         grad_pred, grad_target = ctx.impl.local_ncc_backward(
-            grad, pred, target, kernel, *ctx.options, *ctx.needs_input_grad[:2], reduction=ctx.reduction
+            grad, pred, target, kernel, *ctx.options, *ctx.needs_input_grad[:2], reduction=ctx.reduction,
+            weight=weight[0] if weight else None,
         )
-        return grad_pred, grad_target, None, None, None, None, None, None, None
+        return grad_pred, grad_target, None, None, None, None, None, None, None, None
 
 
 def local_ncc(
@@ -77,6 +79,7 @@ def local_ncc(
     convention: str = "monai",
     *,
     reduction: str = "none",
+    weight: torch.Tensor | None = None,
     backend: str | None = None,
 ) -> torch.Tensor:
     """Local squared zero-normalised cross-correlation in a sliding window, per voxel or reduced.
@@ -96,6 +99,15 @@ def local_ncc(
         reduction: ``"none"`` returns the map; ``"mean"`` / ``"sum"`` its mean / sum over all
             elements (batch and channels included), reduced inside the op: the Triton backend
             never writes the map and its backward reads the scalar gradient from the device.
+        weight: optional per-voxel weight ``(B or 1, C or 1, *spatial)`` (pred's dtype and
+            device, broadcast over the batch and channels) that multiplies the map before the
+            reduction: ``"none"`` returns ``weight * map``, ``"sum"`` ``sum(weight * map)``,
+            ``"mean"`` ``mean(weight * map)`` (divided by the element count, not by the
+            weights' sum; a masked mean divides the ``"sum"`` by the weights' total). The
+            windowed sums still see every voxel; only the map is weighted (a masked loss:
+            each voxel's local NCC counts with its weight). Both backends, forward and
+            backward (the incoming gradient is scaled per voxel by the weight); no gradient
+            w.r.t. the weight. ``None``: today's numbers, bit for bit.
 
     Returns:
         ``"none"``: ``(B, C, *spatial)``, values in about ``[0, 1]`` (1: locally linearly
@@ -116,8 +128,11 @@ def local_ncc(
     for name, value in (("smooth_nr", smooth_nr), ("smooth_dr", smooth_dr)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
             raise ValueError(f"{fn}: {name} must be a number >= 0, got {value!r}")
+    if weight is not None:
+        _checks.voxel_weight(fn, "weight", weight, pred)
     impl = select("local_ncc", pred.device, backend)
     weights, volume = _window_weights(kernel_size, kernel_type, pred.dim() - 2)
     kernel = constant(weights, pred.dtype, pred.device)  # cached on the device: no host copy per call
     floor, eps = (float(smooth_dr), 0.0) if convention == "monai" else (0.0, float(smooth_dr))
-    return LocalNCCFunction.apply(pred, target, kernel, volume, float(smooth_nr), floor, eps, reduction, impl)
+    return LocalNCCFunction.apply(pred, target, kernel, weight, volume, float(smooth_nr), floor, eps, reduction,
+                                   impl)

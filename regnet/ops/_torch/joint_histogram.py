@@ -33,6 +33,12 @@ tap pairs). For the b-spline kernel the bin size and origin depend on ``m`` and 
 chunks and sent to the argmin / argmax samples, split evenly among ties as ``torch.min()`` /
 ``torch.max()`` do.
 Target weights of order 0 are piecewise constant: their gradient is zero.
+
+Weighted samples (``weight`` ``(B or 1, C or 1, *spatial)``, read chunk by chunk without
+expanding it): ``pab = sum_i v_i wa_i^T wb_i / sum_i v_i`` per item (an item of total weight 0
+keeps an all-zero histogram), the per-voxel gradients are multiplied by ``v_i``, ``G`` is divided
+by the total weight instead of ``N``, and the b-spline min / max (and their ties) are taken over
+the samples with ``v_i > 0``.
 """
 
 from __future__ import annotations
@@ -65,6 +71,36 @@ class _Image:
 
     def chunk(self, start: int, stop: int) -> torch.Tensor:
         return self.x[:, start:stop].to(self.dtype)
+
+
+class _Weight:
+    """Sample weights ``(B or 1, n)`` of an image's ``(B, N)`` samples, read chunk by chunk from a
+    ``(B or 1, C or 1, *spatial)`` tensor (broadcast over the batch and channels, never expanded)."""
+
+    def __init__(self, weight: torch.Tensor, channels: int, dtype: torch.dtype):
+        rows, own_channels = int(weight.shape[0]), int(weight.shape[1])
+        self.voxels = weight[0, 0].numel()
+        self.w = weight.reshape(rows, own_channels * self.voxels)
+        self.repeat = channels // own_channels  # > 1: one weight map for every channel
+        self.dtype = dtype
+
+    def chunk(self, start: int, stop: int) -> torch.Tensor:
+        if self.repeat == 1:
+            return self.w[:, start:stop].to(self.dtype)
+        index = torch.arange(start, stop, device=self.w.device) % self.voxels
+        return self.w[:, index].to(self.dtype)
+
+    def totals(self, batch: int) -> torch.Tensor:
+        """``(B,)`` total weight of each item, 1 where it is 0 (an all-zero histogram stays 0)."""
+        return weight_totals(self.w, self.repeat, batch, self.dtype)
+
+
+def weight_totals(w: torch.Tensor, repeat: int, batch: int, dtype: torch.dtype) -> torch.Tensor:
+    """``(B,)`` sums of the rows of ``w`` ``(B or 1, C_w * voxels)`` times ``repeat`` (the channels
+    it stands for), in ``dtype``; 1 where a total is 0 (shared with the Triton backend)."""
+    total = w.to(dtype).sum(1) * repeat
+    total = torch.where(total > 0, total, torch.ones_like(total))
+    return total.expand(batch).contiguous()
 
 
 # ----------------------------------------------------------------------------- gaussian
@@ -100,39 +136,48 @@ def _gaussian_grad(x, w, q, centres, preterm):
     return torch.where(inside, g, 0)
 
 
-def _gaussian_forward(P, T, num_bins, preterm, pab):
+def _gaussian_forward(P, T, num_bins, preterm, pab, W=None):
     batch, n = P.x.shape
     centres = _centres(num_bins, pab)
     for start, stop in _chunks(batch, n):
         wa = _gaussian_weights(P.chunk(start, stop), centres, preterm)
         wb = _gaussian_weights(T.chunk(start, stop), centres, preterm)
+        if W is not None:
+            wa.mul_(W.chunk(start, stop).unsqueeze(-1))
         pab.baddbmm_(wa.transpose(1, 2), wb)
 
 
-def _gaussian_backward(G, P, T, num_bins, preterm, grad_pred, grad_target):
+def _gaussian_backward(G, P, T, num_bins, preterm, grad_pred, grad_target, W=None):
     batch, n = P.x.shape
     centres = _centres(num_bins, G)
     for start, stop in _chunks(batch, n):
         x, y = P.chunk(start, stop), T.chunk(start, stop)
         wa = _gaussian_weights(x, centres, preterm)
         wb = _gaussian_weights(y, centres, preterm)
+        v = None if W is None else W.chunk(start, stop)
         if grad_pred is not None:
             q = torch.bmm(wb, G.transpose(1, 2))  # dL/dwa, (B, n, bins)
-            grad_pred[:, start:stop] = _gaussian_grad(x, wa, q, centres, preterm)
+            g = _gaussian_grad(x, wa, q, centres, preterm)
+            grad_pred[:, start:stop] = g if v is None else g * v
         if grad_target is not None:
             q = torch.bmm(wa, G)  # dL/dwb
-            grad_target[:, start:stop] = _gaussian_grad(y, wb, q, centres, preterm)
+            g = _gaussian_grad(y, wb, q, centres, preterm)
+            grad_target[:, start:stop] = g if v is None else g * v
 
 
 # ----------------------------------------------------------------------------- b-spline
 
 
 class _Placement:
-    """Per item min ``m``, max ``M`` and bin size ``h`` (1 for a constant item) of one image."""
+    """Per item min ``m``, max ``M`` and bin size ``h`` (1 for a constant item) of one image;
+    with weights, over the samples of weight > 0 (``m = M = 0``, constant, where there is none)."""
 
-    def __init__(self, image: _Image, num_bins: int):
-        self.m = image.x.amin(1).to(image.dtype)
-        self.M = image.x.amax(1).to(image.dtype)
+    def __init__(self, image: _Image, num_bins: int, W: _Weight | None = None):
+        if W is None:
+            self.m = image.x.amin(1).to(image.dtype)
+            self.M = image.x.amax(1).to(image.dtype)
+        else:
+            self.m, self.M = _weighted_extremes(image, W)
         h = (self.M - self.m) / (num_bins - 2 * PADDING)
         self.constant = h <= 0  # every sample then lands on bin 2
         self.h = torch.where(self.constant, torch.ones_like(h), h)
@@ -144,6 +189,19 @@ class _Placement:
 
     def clamp(self, t):
         return t.clamp(PADDING, self.num_bins - PADDING - 1)
+
+
+def _weighted_extremes(image: _Image, W: _Weight):
+    batch, n = image.x.shape
+    low = torch.full((batch,), float("inf"), dtype=image.dtype, device=image.x.device)
+    high = torch.full_like(low, float("-inf"))
+    seen = torch.zeros(batch, dtype=torch.bool, device=image.x.device)
+    for start, stop in _chunks(batch, n):
+        x, selected = image.chunk(start, stop), W.chunk(start, stop) > 0
+        low = torch.minimum(low, torch.where(selected, x, float("inf")).amin(1))
+        high = torch.maximum(high, torch.where(selected, x, float("-inf")).amax(1))
+        seen |= selected.any(1)
+    return torch.where(seen, low, 0), torch.where(seen, high, 0)
 
 
 def _cubic(s):
@@ -185,19 +243,21 @@ def _dense(bins, w, num_bins):
     return torch.zeros(*w.shape[:-1], num_bins, dtype=w.dtype, device=w.device).scatter_(-1, bins, w)
 
 
-def _bspline_forward(P, T, num_bins, pab):
+def _bspline_forward(P, T, num_bins, pab, W=None):
     batch, n = P.x.shape
-    place_p, place_t = _Placement(P, num_bins), _Placement(T, num_bins)
+    place_p, place_t = _Placement(P, num_bins, W), _Placement(T, num_bins, W)
     for start, stop in _chunks(batch, n):
         ia, wa, _ = _taps(place_p.clamp(place_p.position(P.chunk(start, stop))), 3, num_bins)
         ib, wb, _ = _taps(place_t.clamp(place_t.position(T.chunk(start, stop))), 0, num_bins)
+        if W is not None:
+            wa = wa * W.chunk(start, stop).unsqueeze(-1)
         # Scattered into dense rows so that the sum over samples is a (blocked) matmul.
         pab.baddbmm_(_dense(ia, wa, num_bins).transpose(1, 2), _dense(ib, wb, num_bins))
 
 
-def _bspline_backward(G, P, T, num_bins, grad_pred):
+def _bspline_backward(G, P, T, num_bins, grad_pred, W=None):
     batch, n = P.x.shape
-    place_p, place_t = _Placement(P, num_bins), _Placement(T, num_bins)
+    place_p, place_t = _Placement(P, num_bins, W), _Placement(T, num_bins, W)
     G_flat = G.reshape(batch, num_bins * num_bins)
     sum_above_min = torch.zeros(batch, dtype=G.dtype, device=G.device)  # sum_i dL/dt_i (x_i - m)
     sum_below_max = torch.zeros_like(sum_above_min)  # sum_i dL/dt_i (M - x_i)
@@ -215,11 +275,17 @@ def _bspline_backward(G, P, T, num_bins, grad_pred):
         q = (g * wb.unsqueeze(-2)).sum(-1)  # dL/dwa at the pred taps, (B, n, 4)
         q -= (q * wa).sum(-1, keepdim=True)  # sum_a dwa/dc = 0: centring q only keeps digits
         r = torch.where(t == c, (q * dwa).sum(-1), 0)  # dL/dt; clamp passes it on the boundary
+        if W is None:
+            at_min, at_max = x == m, x == M
+        else:  # only the samples of weight > 0 count, and place the bins
+            v = W.chunk(start, stop)
+            r = r * v
+            at_min, at_max = (x == m) & (v > 0), (x == M) & (v > 0)
         grad_pred[:, start:stop] = r / h
         sum_above_min += (r * (x - m)).sum(1)
         sum_below_max += (r * (M - x)).sum(1)
-        ties_min += (x == m).sum(1)
-        ties_max += (x == M).sum(1)
+        ties_min += at_min.sum(1)
+        ties_max += at_max.sum(1)
     # t = (x - m) / h + 2 = (bins - 4) (x - m) / (M - m) + 2: the min and max move every bin,
     # dt/dm = -(M - x) / (h (M - m)) and dt/dM = -(x - m) / (h (M - m)), h (M - m) = h^2 (bins - 4).
     denominator = place_p.h**2 * (num_bins - 2 * PADDING)
@@ -228,8 +294,13 @@ def _bspline_backward(G, P, T, num_bins, grad_pred):
     for start, stop in _chunks(batch, n):
         x = P.chunk(start, stop)
         part = grad_pred[:, start:stop]
-        part += torch.where(x == m, d_min, 0)
-        part += torch.where(x == M, d_max, 0)
+        if W is None:
+            at_min, at_max = x == m, x == M
+        else:
+            selected = W.chunk(start, stop) > 0
+            at_min, at_max = (x == m) & selected, (x == M) & selected
+        part += torch.where(at_min, d_min, 0)
+        part += torch.where(at_max, d_max, 0)
     # A constant item has no bin size to differentiate through: its gradient is zero.
     grad_pred[place_p.constant] = 0
 
@@ -238,33 +309,37 @@ def _bspline_backward(G, P, T, num_bins, grad_pred):
 
 
 def joint_histogram_forward(pred: torch.Tensor, target: torch.Tensor, num_bins: int, kernel: str,
-                            preterm: float) -> torch.Tensor:
+                            preterm: float, weight: torch.Tensor | None = None) -> torch.Tensor:
     dtype = _compute_dtype(pred.dtype)
     P, T = _Image(pred, dtype), _Image(target, dtype)
+    W = None if weight is None else _Weight(weight, pred.shape[1], dtype)
     pab = torch.zeros(P.x.shape[0], num_bins, num_bins, dtype=dtype, device=pred.device)
     if kernel == "gaussian":
-        _gaussian_forward(P, T, num_bins, preterm, pab)
+        _gaussian_forward(P, T, num_bins, preterm, pab, W)
     else:
-        _bspline_forward(P, T, num_bins, pab)
-    return pab.div_(P.x.shape[1]).to(pred.dtype)
+        _bspline_forward(P, T, num_bins, pab, W)
+    if W is None:
+        return pab.div_(P.x.shape[1]).to(pred.dtype)
+    return pab.div_(W.totals(P.x.shape[0])[:, None, None]).to(pred.dtype)
 
 
 def joint_histogram_backward(grad: torch.Tensor, pred: torch.Tensor, target: torch.Tensor, num_bins: int, kernel: str,
-                             preterm: float, needs_pred: bool,
-                             needs_target: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+                             preterm: float, needs_pred: bool, needs_target: bool,
+                             weight: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     dtype = _compute_dtype(pred.dtype)
     P, T = _Image(pred, dtype), _Image(target, dtype)
     batch, n = P.x.shape
-    G = grad.to(dtype) / n
+    W = None if weight is None else _Weight(weight, pred.shape[1], dtype)
+    G = grad.to(dtype) / n if W is None else grad.to(dtype) / W.totals(batch)[:, None, None]
     grad_pred = torch.empty((batch, n), dtype=dtype, device=pred.device) if needs_pred else None
     grad_target = None
     if kernel == "gaussian":
         grad_target = torch.empty((batch, n), dtype=dtype, device=pred.device) if needs_target else None
         if needs_pred or needs_target:
-            _gaussian_backward(G, P, T, num_bins, preterm, grad_pred, grad_target)
+            _gaussian_backward(G, P, T, num_bins, preterm, grad_pred, grad_target, W)
     else:
         if needs_pred:
-            _bspline_backward(G, P, T, num_bins, grad_pred)
+            _bspline_backward(G, P, T, num_bins, grad_pred, W)
         if needs_target:  # order 0 weights are piecewise constant
             grad_target = torch.zeros_like(target)
     if grad_pred is not None:

@@ -20,6 +20,9 @@ filters five coefficient maps (the window filter is self-adjoint).
 ``reduction="mean"`` / ``"sum"`` reduce the map with torch (a 0-d tensor in the input dtype);
 their backward expands the 0-d gradient (divided by the element count for ``mean``, as
 autograd's ``mean`` does) to the map's shape without a copy and runs the map's backward.
+
+An optional ``weight`` ``(B or 1, C or 1, *spatial)`` multiplies the map before the reduction
+(the local sums still see every voxel); backward multiplies the incoming gradient by it.
 """
 
 from __future__ import annotations
@@ -85,10 +88,13 @@ def _statistics(pred, target, k, V):
 
 
 def local_ncc_forward(pred: torch.Tensor, target: torch.Tensor, k: torch.Tensor, V: float, smooth_nr: float,
-                      floor: float, eps: float, reduction: str = "none") -> torch.Tensor:
+                      floor: float, eps: float, reduction: str = "none",
+                      weight: torch.Tensor | None = None) -> torch.Tensor:
     *_, cross, var_p, var_t = _statistics(pred, target, k, V)
     denominator = var_p.clamp_min_(floor).mul_(var_t.clamp_min_(floor)).add_(eps)
     ncc = cross.square_().add_(smooth_nr).div_(denominator)
+    if weight is not None:  # (B or 1, C or 1, *spatial), broadcast
+        ncc.mul_(weight)
     if reduction == "mean":
         return ncc.mean()
     if reduction == "sum":
@@ -98,9 +104,12 @@ def local_ncc_forward(pred: torch.Tensor, target: torch.Tensor, k: torch.Tensor,
 
 def local_ncc_backward(grad: torch.Tensor, pred: torch.Tensor, target: torch.Tensor, k: torch.Tensor, V: float,
                        smooth_nr: float, floor: float, eps: float, needs_pred: bool, needs_target: bool,
-                       reduction: str = "none") -> tuple[torch.Tensor | None, torch.Tensor | None]:
+                       reduction: str = "none",
+                       weight: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     if reduction != "none":  # a 0-d gradient: the same value at every voxel, expanded (no copy)
         grad = (grad / pred.numel() if reduction == "mean" else grad).expand(pred.shape)
+    if weight is not None:  # the map was multiplied by the weight
+        grad = grad * weight
     P, T, cp, ct, e, s_p, s_t, cross, var_p, var_t = _statistics(pred, target, k, V)
     active_p, active_t = var_p > floor, var_t > floor
     vp, vt = var_p.clamp_min_(floor), var_t.clamp_min_(floor)

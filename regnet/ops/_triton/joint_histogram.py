@@ -23,6 +23,13 @@ also stores its partial sums ``sum r (x - m)``, ``sum r (M - x)`` and the tie co
 reduces them (``(B, P, 4)``) and a small kernel adds the min / max terms at the extreme
 voxels (zero gradient for a constant item). B-spline target (order 0): zero gradient.
 
+Weighted samples (``weight`` ``(B or 1, C or 1, *spatial)``, read in place through its batch /
+channel strides, 0 where broadcast): the pred rows ``wa`` of each block are multiplied by the
+samples' weights before ``tl.dot`` and the histogram is divided by each item's total weight
+(torch; the reference's ``weight_totals``); backward multiplies each voxel's gradient by its
+weight and divides ``G`` by the total weight. The B-spline min / max (torch) and the tie counts
+(kernels) use only the samples of weight > 0.
+
 Arithmetic is float32 for float16/bfloat16/float32 and float64 for float64; results are
 returned in the input dtype.
 """
@@ -37,7 +44,7 @@ import triton.language as tl
 
 from regnet.ops import _state
 from regnet.ops._constants import constant
-from regnet.ops._torch.joint_histogram import PADDING
+from regnet.ops._torch.joint_histogram import PADDING, weight_totals
 from regnet.ops._triton import _common
 
 BLOCK = 64
@@ -64,6 +71,15 @@ def _load_block(p_ptr, t_ptr, b, N, start, CDT: tl.constexpr, BLOCK: tl.constexp
     x = tl.load(p_ptr + b * N + offs, mask=lane, other=0.0).to(CDT)
     y = tl.load(t_ptr + b * N + offs, mask=lane, other=0.0).to(CDT)
     return offs, lane, x, y
+
+
+@triton.jit
+def _load_weight(w_ptr, b, offs, lane, SP, WB, WC, CDT: tl.constexpr):
+    """The weights of item ``b``'s samples ``offs`` (channel ``offs // SP``, voxel ``offs % SP``)
+    from a ``(B or 1, C or 1, *spatial)`` tensor with batch / channel strides ``WB`` / ``WC``
+    (0 where broadcast); 0 on padded lanes."""
+    c = offs // SP
+    return tl.load(w_ptr + b * WB + c * WC + (offs - c * SP), mask=lane, other=0.0).to(CDT)
 
 
 @triton.jit
@@ -135,12 +151,14 @@ def _gaussian_grad(x, w, q, centres, preterm):
 
 # --- kernels --------------------------------------------------------------------------------
 
-@triton.jit(do_not_specialize=["N", "NB", "P"])
+@triton.jit(do_not_specialize=["N", "NB", "P", "SP", "WB", "WC"])
 def _histogram_kernel(
-    hist_ptr, p_ptr, t_ptr, cen_ptr, pp_ptr, pt_ptr, par_ptr, N, NB, P,
-    KERNEL: tl.constexpr, DET: tl.constexpr, CDT: tl.constexpr, BLOCK: tl.constexpr, BINS: tl.constexpr,
+    hist_ptr, p_ptr, t_ptr, cen_ptr, pp_ptr, pt_ptr, par_ptr, w_ptr, N, NB, P, SP, WB, WC,
+    KERNEL: tl.constexpr, DET: tl.constexpr, HAS_W: tl.constexpr, CDT: tl.constexpr, BLOCK: tl.constexpr,
+    BINS: tl.constexpr,
 ):
-    """Joint histogram (unnormalised sums of ``wa^T wb``) of item ``program_id(1)``."""
+    """Joint histogram (unnormalised sums of ``wa^T wb``; ``HAS_W``: of ``v wa^T wb`` with the
+    sample weights ``v``) of item ``program_id(1)``."""
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     preterm = tl.load(par_ptr).to(CDT)
@@ -160,6 +178,8 @@ def _histogram_kernel(
             _, cb = _bspline_position(y, m_t, h_t, NB)
             wa, _ = _bspline_weights(ca, lane, NB, 3, False, CDT, BINS)
             wb, _ = _bspline_weights(cb, lane, NB, 0, False, CDT, BINS)
+        if HAS_W:
+            wa = wa * _load_weight(w_ptr, b, offs, lane, SP, WB, WC, CDT)[:, None]
         acc += tl.dot(tl.trans(wa), wb, input_precision="ieee")
     rows = tl.arange(0, BINS)[:, None]
     cols = tl.arange(0, BINS)[None, :]
@@ -171,16 +191,18 @@ def _histogram_kernel(
         tl.atomic_add(hist_ptr + b * NB * NB + rows * NB + cols, acc, mask=inside)
 
 
-@triton.jit(do_not_specialize=["N", "NB", "P"])
+@triton.jit(do_not_specialize=["N", "NB", "P", "SP", "WB", "WC"])
 def _histogram_backward_kernel(
-    gp_ptr, gt_ptr, part_ptr, g_ptr, p_ptr, t_ptr, cen_ptr, pp_ptr, pt_ptr, par_ptr, N, NB, P,
-    KERNEL: tl.constexpr, NEED_P: tl.constexpr, NEED_T: tl.constexpr,
+    gp_ptr, gt_ptr, part_ptr, g_ptr, p_ptr, t_ptr, cen_ptr, pp_ptr, pt_ptr, par_ptr, w_ptr, N, NB, P, SP, WB, WC,
+    KERNEL: tl.constexpr, NEED_P: tl.constexpr, NEED_T: tl.constexpr, HAS_W: tl.constexpr,
     CDT: tl.constexpr, BLOCK: tl.constexpr, BINS: tl.constexpr,
 ):
-    """Per-voxel gradients from ``G`` (``(B, bins, bins)``, already divided by ``N``).
+    """Per-voxel gradients from ``G`` (``(B, bins, bins)``, already divided by ``N``, or by the
+    total weight with ``HAS_W``, where each voxel's gradient is also multiplied by its weight).
 
     B-spline pred: ``gp`` gets ``r / h`` and ``part`` (``(B, P, 4)``) the program's
-    ``sum r (x - m)``, ``sum r (M - x)``, ``#(x == m)``, ``#(x == M)``."""
+    ``sum r (x - m)``, ``sum r (M - x)``, ``#(x == m)``, ``#(x == M)`` (with ``HAS_W``, ties
+    among the samples of weight > 0 only)."""
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     preterm = tl.load(par_ptr).to(CDT)
@@ -199,16 +221,22 @@ def _histogram_backward_kernel(
         ties_max = tl.zeros([BLOCK], CDT)
     for start in range(pid * BLOCK, N, P * BLOCK):
         offs, lane, x, y = _load_block(p_ptr, t_ptr, b, N, start, CDT, BLOCK)
+        if HAS_W:
+            v = _load_weight(w_ptr, b, offs, lane, SP, WB, WC, CDT)
         if KERNEL == 0:
             wa, centres = _gaussian_weights(x, lane, cen_ptr, NB, preterm, CDT, BINS)
             wb, _ = _gaussian_weights(y, lane, cen_ptr, NB, preterm, CDT, BINS)
             if NEED_P:
                 q = tl.dot(wb, tl.trans(G), input_precision="ieee")  # dL/dwa
                 g = _gaussian_grad(x, wa, q, centres, preterm)
+                if HAS_W:
+                    g = g * v
                 tl.store(gp_ptr + b * N + offs, g.to(gp_ptr.dtype.element_ty), mask=lane)
             if NEED_T:
                 q = tl.dot(wa, G, input_precision="ieee")  # dL/dwb
                 g = _gaussian_grad(y, wb, q, centres, preterm)
+                if HAS_W:
+                    g = g * v
                 tl.store(gt_ptr + b * N + offs, g.to(gt_ptr.dtype.element_ty), mask=lane)
         else:
             t, ca = _bspline_position(x, m_p, h_p, NB)
@@ -218,11 +246,15 @@ def _histogram_backward_kernel(
             q = tl.dot(wb, tl.trans(G), input_precision="ieee")  # dL/dwa
             q = q - tl.sum(q * wa, axis=1)[:, None]  # sum_a dwa/dc = 0: centring keeps digits
             r = tl.where((t == ca) & lane, tl.sum(q * dwa, axis=1), 0.0)  # dL/dt
+            counted = lane
+            if HAS_W:
+                r = r * v
+                counted = lane & (v > 0.0)
             tl.store(gp_ptr + b * N + offs, r / h_p, mask=lane)
             above += r * (x - m_p)
             below += r * (M_p - x)
-            ties_min += tl.where(lane & (x == m_p), 1.0, 0.0)
-            ties_max += tl.where(lane & (x == M_p), 1.0, 0.0)
+            ties_min += tl.where(counted & (x == m_p), 1.0, 0.0)
+            ties_max += tl.where(counted & (x == M_p), 1.0, 0.0)
     if KERNEL == 1:
         base = part_ptr + (b * P + pid) * 4
         tl.store(base, tl.sum(above, axis=0))
@@ -231,9 +263,11 @@ def _histogram_backward_kernel(
         tl.store(base + 3, tl.sum(ties_max, axis=0))
 
 
-@triton.jit(do_not_specialize=["N"])
-def _extremes_kernel(out_ptr, r_ptr, p_ptr, pp_ptr, ext_ptr, N, CDT: tl.constexpr, BLOCK: tl.constexpr):
-    """B-spline pred: ``out = r / h + d_min [x == m] + d_max [x == M]``, 0 for a constant item."""
+@triton.jit(do_not_specialize=["N", "SP", "WB", "WC"])
+def _extremes_kernel(out_ptr, r_ptr, p_ptr, pp_ptr, ext_ptr, w_ptr, N, SP, WB, WC, HAS_W: tl.constexpr,
+                     CDT: tl.constexpr, BLOCK: tl.constexpr):
+    """B-spline pred: ``out = r / h + d_min [x == m] + d_max [x == M]`` (``HAS_W``: at the
+    samples of weight > 0 only), 0 for a constant item."""
     b = tl.program_id(1).to(tl.int64)
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     lane = offs < N
@@ -244,8 +278,11 @@ def _extremes_kernel(out_ptr, r_ptr, p_ptr, pp_ptr, ext_ptr, N, CDT: tl.constexp
     constant = tl.load(pp_ptr + b * 4 + 3).to(CDT)
     d_min = tl.load(ext_ptr + b * 2).to(CDT)
     d_max = tl.load(ext_ptr + b * 2 + 1).to(CDT)
-    g = g + tl.where(x == m, d_min, 0.0)
-    g = g + tl.where(x == M, d_max, 0.0)
+    counted = lane
+    if HAS_W:
+        counted = lane & (_load_weight(w_ptr, b, offs, lane, SP, WB, WC, CDT) > 0.0)
+    g = g + tl.where(counted & (x == m), d_min, 0.0)
+    g = g + tl.where(counted & (x == M), d_max, 0.0)
     g = tl.where(constant != 0.0, 0.0, g)
     tl.store(out_ptr + b * N + offs, g.to(out_ptr.dtype.element_ty), mask=lane)
 
@@ -259,7 +296,7 @@ def _centre_values(num_bins: int) -> tuple[float, ...]:
 
 
 class _Problem:
-    def __init__(self, pred, target, num_bins, kernel, preterm):
+    def __init__(self, pred, target, num_bins, kernel, preterm, weight=None):
         self.dtype = pred.dtype
         self.cdt, self.acc = _common.compute_dtype(pred.dtype)
         self.device = pred.device
@@ -272,17 +309,46 @@ class _Problem:
         self.bins = max(16, triton.next_power_of_2(num_bins))
         self.params = constant([preterm], self.acc, self.device)
         self.centres = constant(_centre_values(num_bins), self.acc, self.device)
+        self._weights(pred, weight)
         if self.kernel == BSPLINE:
-            self.place_p, self.place_t = self._placement(self.p), self._placement(self.t)
+            selected = None
+            if self.w is not None:  # (B, N): the samples that place the bins
+                selected = (self.w > 0).reshape(self.w.shape[0], int(self.w.shape[1]), -1)
+                selected = selected.expand(self.B, int(pred.shape[1]), self.SP).reshape(self.B, self.N)
+            self.place_p, self.place_t = self._placement(self.p, selected), self._placement(self.t, selected)
         else:
             self.place_p = self.place_t = self.params
         self.P = max(1, min(triton.cdiv(self.N, BLOCK), PROGRAMS // max(self.B, 1)))
         self.grid = (self.P, self.B)
 
-    def _placement(self, x):
-        """``(B, 4)``: min, max, bin size (1 for a constant item), constant flag; as the reference."""
-        m = x.amin(1).to(self.acc)
-        M = x.amax(1).to(self.acc)
+    def _weights(self, pred, weight):
+        """The sample weights read in place (``WB``, ``WC``: batch / channel strides, 0 where
+        broadcast) and each item's total weight (``None`` without weights)."""
+        self.SP = max(1, pred[0, 0].numel())
+        self.w = self.totals = None
+        self.wb = self.wc = 0
+        if weight is None:
+            return
+        self.w = weight.detach().contiguous()
+        rows, channels = int(self.w.shape[0]), int(self.w.shape[1])
+        self.wb = channels * self.SP if rows == self.B and self.B > 1 else 0
+        self.wc = self.SP if channels == int(pred.shape[1]) and channels > 1 else 0
+        self.totals = weight_totals(self.w.reshape(rows, -1), int(pred.shape[1]) // channels, self.B, self.acc)
+
+    def weight_args(self):
+        """The kernels' ``w_ptr, SP, WB, WC`` arguments and ``HAS_W``."""
+        return (self.p if self.w is None else self.w, self.SP, self.wb, self.wc), self.w is not None
+
+    def _placement(self, x, selected=None):
+        """``(B, 4)``: min, max, bin size (1 for a constant item), constant flag; as the reference
+        (``selected``: over those samples only; ``m = M = 0`` for an item with none)."""
+        if selected is None:
+            m = x.amin(1).to(self.acc)
+            M = x.amax(1).to(self.acc)
+        else:
+            seen = selected.any(1)
+            m = torch.where(seen, torch.where(selected, x, float("inf")).amin(1).to(self.acc), 0)
+            M = torch.where(seen, torch.where(selected, x, float("-inf")).amax(1).to(self.acc), 0)
         h = (M - m) / (self.NB - 2 * PADDING)
         constant = h <= 0
         h = torch.where(constant, torch.ones_like(h), h)
@@ -293,27 +359,34 @@ class _Problem:
 
 
 def joint_histogram_forward(pred: torch.Tensor, target: torch.Tensor, num_bins: int, kernel: str,
-                            preterm: float) -> torch.Tensor:
-    pr = _Problem(pred, target, num_bins, kernel, preterm)
+                            preterm: float, weight: torch.Tensor | None = None) -> torch.Tensor:
+    pr = _Problem(pred, target, num_bins, kernel, preterm, weight)
     det = _state.is_deterministic()
     if det:
         hist = _common.empty((pr.B, pr.P, num_bins, num_bins), pr.acc, pr.device)
     else:
         hist = torch.zeros((pr.B, num_bins, num_bins), dtype=pr.acc, device=pr.device)
+    weight_args, has_w = pr.weight_args()
     _histogram_kernel[pr.grid](
-        hist, pr.p, pr.t, pr.centres, pr.place_p, pr.place_t, pr.params, pr.N, num_bins, pr.P,
-        KERNEL=pr.kernel, DET=det, **pr.launch_args(),
+        hist, pr.p, pr.t, pr.centres, pr.place_p, pr.place_t, pr.params, weight_args[0], pr.N, num_bins, pr.P,
+        *weight_args[1:], KERNEL=pr.kernel, DET=det, HAS_W=has_w, **pr.launch_args(),
     )
     if det:
         hist = hist.sum(1)
-    return hist.div_(pr.N).to(pred.dtype)
+    if pr.totals is None:
+        return hist.div_(pr.N).to(pred.dtype)
+    return hist.div_(pr.totals[:, None, None]).to(pred.dtype)
 
 
 def joint_histogram_backward(grad: torch.Tensor, pred: torch.Tensor, target: torch.Tensor, num_bins: int, kernel: str,
-                             preterm: float, needs_pred: bool,
-                             needs_target: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    pr = _Problem(pred, target, num_bins, kernel, preterm)
-    G = (grad.to(pr.acc) / pr.N).contiguous()
+                             preterm: float, needs_pred: bool, needs_target: bool,
+                             weight: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    pr = _Problem(pred, target, num_bins, kernel, preterm, weight)
+    if pr.totals is None:
+        G = (grad.to(pr.acc) / pr.N).contiguous()
+    else:
+        G = (grad.to(pr.acc) / pr.totals[:, None, None]).contiguous()
+    weight_args, has_w = pr.weight_args()
     grad_pred = grad_target = None
     if pr.kernel == GAUSSIAN:
         if not (needs_pred or needs_target):
@@ -322,16 +395,18 @@ def joint_histogram_backward(grad: torch.Tensor, pred: torch.Tensor, target: tor
         grad_target = _common.empty(pr.t.shape, target.dtype, pr.device) if needs_target else None
         _histogram_backward_kernel[pr.grid](
             grad_pred if needs_pred else pr.p, grad_target if needs_target else pr.t, pr.params, G,
-            pr.p, pr.t, pr.centres, pr.params, pr.params, pr.params, pr.N, num_bins, pr.P,
-            KERNEL=GAUSSIAN, NEED_P=bool(needs_pred), NEED_T=bool(needs_target), **pr.launch_args(),
+            pr.p, pr.t, pr.centres, pr.params, pr.params, pr.params, weight_args[0], pr.N, num_bins, pr.P,
+            *weight_args[1:], KERNEL=GAUSSIAN, NEED_P=bool(needs_pred), NEED_T=bool(needs_target), HAS_W=has_w,
+            **pr.launch_args(),
         )
     else:
         if needs_pred:
             r = _common.empty(pr.p.shape, pr.acc, pr.device)
             parts = _common.empty((pr.B, pr.P, 4), pr.acc, pr.device)
             _histogram_backward_kernel[pr.grid](
-                r, r, parts, G, pr.p, pr.t, pr.centres, pr.place_p, pr.place_t, pr.params, pr.N, num_bins, pr.P,
-                KERNEL=BSPLINE, NEED_P=True, NEED_T=False, **pr.launch_args(),
+                r, r, parts, G, pr.p, pr.t, pr.centres, pr.place_p, pr.place_t, pr.params, weight_args[0], pr.N,
+                num_bins, pr.P, *weight_args[1:], KERNEL=BSPLINE, NEED_P=True, NEED_T=False, HAS_W=has_w,
+                **pr.launch_args(),
             )
             above, below, ties_min, ties_max = parts.sum(1).unbind(1)
             h = pr.place_p[:, 2]
@@ -342,7 +417,8 @@ def joint_histogram_backward(grad: torch.Tensor, pred: torch.Tensor, target: tor
             ).contiguous()
             grad_pred = r if pred.dtype == pr.acc else _common.empty(pr.p.shape, pred.dtype, pr.device)
             _extremes_kernel[(triton.cdiv(pr.N, BLOCK), pr.B)](
-                grad_pred, r, pr.p, pr.place_p, extremes, pr.N, CDT=pr.cdt, BLOCK=BLOCK, num_warps=NUM_WARPS,
+                grad_pred, r, pr.p, pr.place_p, extremes, weight_args[0], pr.N, *weight_args[1:], HAS_W=has_w,
+                CDT=pr.cdt, BLOCK=BLOCK, num_warps=NUM_WARPS,
             )
         if needs_target:  # order 0 weights are piecewise constant
             grad_target = torch.zeros_like(target)

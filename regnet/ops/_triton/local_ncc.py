@@ -34,6 +34,11 @@ reduced forward the gradient is a 0-d tensor: each program loads it through its 
 host synchronisation; CUDA-graph friendly) and divides it by the element count for ``mean``
 (as autograd's ``mean`` does), instead of loading a gradient map.
 
+A voxel weight ``(B or 1, C or 1, *spatial)`` (``weight=``) is read by the last forward pass
+through its batch / channel strides (0 where broadcast): the map is multiplied by it before it
+is stored or summed into the partial sums; in backward the coefficient pass multiplies the
+incoming gradient (map or 0-d) by it. The windowed sums are untouched (they see every voxel).
+
 Arithmetic and intermediate stacks are float32 for float16/bfloat16/float32 inputs and
 float64 for float64; the map, the reduced value and the gradients are returned in the input
 dtype.
@@ -56,7 +61,7 @@ QUANTITIES = 5  # S_P, S_T, S_PP, S_TT, S_PT
 OUT_SUMS, OUT_MAP, OUT_COEFFICIENTS, OUT_PARTIAL = 0, 1, 2, 3
 GRAD_MAP, GRAD_SUM, GRAD_MEAN = 0, 1, 2  # the gradient: a map, or 0-d for a sum / a mean
 _GRAD_MODES = {"none": GRAD_MAP, "sum": GRAD_SUM, "mean": GRAD_MEAN}
-_ARGS = ["AX_N", "INNER", "M", "SP", "S0", "S1", "S2", "TAPS", "R"]
+_ARGS = ["AX_N", "INNER", "M", "SP", "S0", "S1", "S2", "TAPS", "R", "C", "WB", "WC"]
 
 
 # --- jit helpers ----------------------------------------------------------------------------
@@ -106,12 +111,21 @@ def _count(offs, S0, S1, S2, k_ptr, TAPS, R, NDIM: tl.constexpr, CDT: tl.constex
     return count
 
 
+@triton.jit
+def _voxel_weight(w_ptr, offs, bc, lane, SP, C, WB, WC, CDT: tl.constexpr):
+    """The weight of each voxel of the flat ``(B * C, *spatial)`` layout, read from a
+    ``(B or 1, C or 1, *spatial)`` tensor through its batch and channel strides ``WB``, ``WC``
+    (0 where broadcast)."""
+    c = bc % C
+    return tl.load(w_ptr + (bc // C) * WB + c * WC + (offs - bc * SP), mask=lane, other=0.0).to(CDT)
+
+
 @triton.jit(do_not_specialize=_ARGS)
 def _statistics_kernel(
-    out_ptr, src_ptr, p_ptr, t_ptr, cp_ptr, ct_ptr, g_ptr, k_ptr, par_ptr,
-    AX_N, INNER, M, SP, S0, S1, S2, TAPS, R,
+    out_ptr, src_ptr, p_ptr, t_ptr, cp_ptr, ct_ptr, g_ptr, k_ptr, par_ptr, w_ptr,
+    AX_N, INNER, M, SP, S0, S1, S2, TAPS, R, C, WB, WC,
     FIRST: tl.constexpr, OUT: tl.constexpr, NDIM: tl.constexpr,
-    NEED_P: tl.constexpr, NEED_T: tl.constexpr, GRAD: tl.constexpr, CDT: tl.constexpr,
+    NEED_P: tl.constexpr, NEED_T: tl.constexpr, GRAD: tl.constexpr, HAS_W: tl.constexpr, CDT: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     """One axis pass of the five local sums, over the ``M`` voxels of all (batch, channel)s.
@@ -121,7 +135,8 @@ def _statistics_kernel(
     2 stores the backward coefficient maps (``g_cross``, then ``c_p, g_vp`` if ``NEED_P``,
     then ``c_t, g_vt`` if ``NEED_T``) given the map's gradient, ``GRAD`` 0: the map ``g``,
     1: ``g[0]`` at every voxel (a sum's), 2: ``g[0] / M`` (a mean's); 3 stores the program's
-    sum of the map to ``out[pid]``.
+    sum of the map to ``out[pid]``. ``HAS_W``: the map is multiplied by the voxel weight ``w``
+    (:func:`_voxel_weight`) before it is stored or summed, and the gradient by it in backward.
     """
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     lane = offs < M
@@ -177,9 +192,15 @@ def _statistics_kernel(
         den = vp * vt + eps
         num = cross * cross + smooth_nr
         if OUT == 1:
-            tl.store(out_ptr + offs, (num / den).to(out_ptr.dtype.element_ty), mask=lane)
+            ncc = num / den
+            if HAS_W:
+                ncc = _voxel_weight(w_ptr, offs, bc, lane, SP, C, WB, WC, CDT) * ncc
+            tl.store(out_ptr + offs, ncc.to(out_ptr.dtype.element_ty), mask=lane)
         elif OUT == 3:
-            tl.store(out_ptr + tl.program_id(0), tl.sum(tl.where(lane, num / den, 0.0), axis=0))
+            ncc = num / den
+            if HAS_W:
+                ncc = _voxel_weight(w_ptr, offs, bc, lane, SP, C, WB, WC, CDT) * ncc
+            tl.store(out_ptr + tl.program_id(0), tl.sum(tl.where(lane, ncc, 0.0), axis=0))
         else:
             if GRAD == 0:
                 g = tl.load(g_ptr + offs, mask=lane, other=0.0).to(CDT)
@@ -187,6 +208,8 @@ def _statistics_kernel(
                 g = tl.load(g_ptr).to(CDT)
                 if GRAD == 2:
                     g = g / M.to(CDT)  # as autograd's mean: the gradient divided by the count
+            if HAS_W:  # d(weight * map) / d(map) = weight, per voxel
+                g = g * _voxel_weight(w_ptr, offs, bc, lane, SP, C, WB, WC, CDT)
             scaled = num / den * g / den
             g_cross = 2.0 * cross / den * g
             tl.store(out_ptr + offs, g_cross, mask=lane)
@@ -244,7 +267,7 @@ def _gradient_kernel(
 class _Problem:
     """Contiguous inputs, shifts, window and sizes shared by the forward and backward passes."""
 
-    def __init__(self, pred, target, k, V, smooth_nr, floor, eps):
+    def __init__(self, pred, target, k, V, smooth_nr, floor, eps, weight=None):
         self.dtype = pred.dtype
         self.device = pred.device
         self.cdt, self.acc = _common.compute_dtype(pred.dtype)
@@ -267,6 +290,16 @@ class _Problem:
         self.params = constant([V, smooth_nr, floor, eps], self.acc, self.device)
         self.sizes = self.spatial + [1] * (3 - self.ndim)
         self.grid = (triton.cdiv(self.M, BLOCK),)
+        # The voxel weight (B or 1, C or 1, *spatial), read in place through its batch and
+        # channel strides (0 where it is broadcast): no (B, C, *spatial) copy.
+        batch, self.C = int(pred.shape[0]), int(pred.shape[1])
+        self.w = None if weight is None else weight.detach().contiguous()
+        if self.w is None:
+            self.wb = self.wc = 0
+        else:
+            wc = self.SP if self.w.shape[1] == self.C and self.C > 1 else 0
+            self.wc = wc
+            self.wb = self.SP * int(self.w.shape[1]) if self.w.shape[0] == batch and batch > 1 else 0
 
     def axis(self, a):
         """(length, inner stride) of spatial axis ``a`` in the flat ``(BC, *spatial)`` layout."""
@@ -280,21 +313,24 @@ class _Problem:
             last = a == self.ndim - 1
             dst = out if last else _common.empty((QUANTITIES, self.M), self.acc, self.device)
             n, inner = self.axis(a)
+            weighted = last and out_mode != OUT_SUMS and self.w is not None
             _statistics_kernel[self.grid](
                 dst, src, self.p, self.t, self.cp, self.ct, self.p if grad is None else grad, self.k, self.params,
-                n, inner, self.M, self.SP, *self.sizes, self.taps, self.r,
+                self.w if weighted else self.p,
+                n, inner, self.M, self.SP, *self.sizes, self.taps, self.r, self.C, self.wb, self.wc,
                 FIRST=a == 0, OUT=out_mode if last else OUT_SUMS, NDIM=self.ndim,
-                NEED_P=int(need_p), NEED_T=int(need_t), GRAD=grad_mode if last else GRAD_MAP,
+                NEED_P=int(need_p), NEED_T=int(need_t), GRAD=grad_mode if last else GRAD_MAP, HAS_W=int(weighted),
                 CDT=self.cdt, BLOCK=BLOCK, num_warps=NUM_WARPS,
             )
             src = dst
 
 
 def local_ncc_forward(pred: torch.Tensor, target: torch.Tensor, k: torch.Tensor, V: float, smooth_nr: float,
-                      floor: float, eps: float, reduction: str = "none") -> torch.Tensor:
+                      floor: float, eps: float, reduction: str = "none",
+                      weight: torch.Tensor | None = None) -> torch.Tensor:
     """The NCC map ``(B, C, *spatial)``, or its mean / sum (0-d), in ``pred``'s dtype (see the
-    reference for the terms)."""
-    problem = _Problem(pred, target, k, V, smooth_nr, floor, eps)
+    reference for the terms); multiplied by ``weight`` per voxel when given."""
+    problem = _Problem(pred, target, k, V, smooth_nr, floor, eps, weight)
     if reduction == "none":
         out = _common.empty(problem.shape, pred.dtype, pred.device)
         if problem.M:
@@ -311,12 +347,14 @@ def local_ncc_forward(pred: torch.Tensor, target: torch.Tensor, k: torch.Tensor,
 
 def local_ncc_backward(grad: torch.Tensor, pred: torch.Tensor, target: torch.Tensor, k: torch.Tensor, V: float,
                        smooth_nr: float, floor: float, eps: float, needs_pred: bool, needs_target: bool,
-                       reduction: str = "none") -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Gradients of the map (``grad``: ``(B, C, *spatial)``) or of its mean / sum (``grad``: 0-d,
-    read by the kernel from the device, never by the host)."""
+                       reduction: str = "none",
+                       weight: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Gradients of the (weighted) map (``grad``: ``(B, C, *spatial)``) or of its mean / sum
+    (``grad``: 0-d, read by the kernel from the device, never by the host); the coefficient pass
+    multiplies the incoming gradient by ``weight`` per voxel."""
     if not (needs_pred or needs_target):
         return None, None
-    problem = _Problem(pred, target, k, V, smooth_nr, floor, eps)
+    problem = _Problem(pred, target, k, V, smooth_nr, floor, eps, weight)
     grad_pred = _common.empty(problem.shape, pred.dtype, pred.device) if needs_pred else None
     grad_target = _common.empty(problem.shape, target.dtype, target.device) if needs_target else None
     if not problem.M:
