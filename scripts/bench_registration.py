@@ -88,6 +88,7 @@ Usage::
     python scripts/bench_registration.py --threads 2 --scale 2  # 3D case at 80x96x112, 2 mm
     python scripts/bench_registration.py --methods regnet torchreg --quick --threads 1  # smoke test
     python scripts/bench_registration.py --methods ants-syn regnet-affine+syn --cases 3d
+    python scripts/bench_registration.py --cases process --repeats 5   # whole processes, r16 -> r64
 
 ``--quick``: 2D at 64 x 64, 3D at 53 x 64 x 74 (``--scale 3``) and a few iterations for every
 method: a smoke test of the machinery, not a measurement. Requires ``antspyx`` for the ANTs
@@ -607,6 +608,19 @@ def run_case(case: Case, methods: list[Method], repeats: int, quick: bool) -> di
 
 # --- reporting ------------------------------------------------------------------------------
 
+def run_processes(args) -> dict:
+    """Whole ``regnet register`` processes vs ANTsPy processes on r16 -> r64 (``whole_process.py``)."""
+    import whole_process
+
+    folder = SHARED / "brain2d" if (SHARED / "brain2d" / "r16slice.jpg").exists() else BUNDLED
+    fixed, moving = folder / "r64slice.jpg", folder / "r16slice.jpg"
+    print(f"{PROG}: case process (whole processes, {args.threads} threads, {args.repeats} each)", file=sys.stderr,
+          flush=True)
+    load_start = benchlib.loadavg()
+    result = whole_process.compare(fixed, moving, args.threads, args.repeats)
+    return {**result, "loadavg_start": load_start, "loadavg_end": benchlib.loadavg()}
+
+
 def print_table(report: dict) -> None:
     details = [f"ITK threads {report['itk_threads']}"] + [
         f"{lib} {v}" for lib, v in report["versions"].items() if v is not None and lib != "regnet"]
@@ -614,6 +628,8 @@ def print_table(report: dict) -> None:
     fmt = benchlib.fmt
     rows = []
     for name, case in report["cases"].items():
+        if name == "process":
+            continue
         size = "x".join(map(str, case["shape"]))
         for mid, r in case["results"].items():
             if r["status"] != "ok":
@@ -625,6 +641,11 @@ def print_table(report: dict) -> None:
                          fmt(r.get("dice"), ".3f"), fmt(None if err is None else err["mean"], ".2f"),
                          "n/a" if fold is None else f"{100 * fold:.3f}%"])
     benchlib.print_markdown_table(["case", "method", "time s", "global NCC", "Dice", "disp err mm", "folding"], rows)
+    if "process" in report["cases"]:
+        proc = report["cases"]["process"]
+        print(f"\nwhole processes, r16 -> r64 (import, read, register, write; median of {proc['repeats']}): "
+              f"regnet register {proc['median_s']['regnet']:.2f} s, ANTsPy {proc['median_s']['ants']:.2f} s "
+              f"({proc['ants_over_regnet']:.2f}x)")
     print("\ntime: median wall time of the registration call; Dice: mean over the scored FreeSurfer labels; "
           "disp err: mean |u - true| in the brain mask; folding: share of voxels with det <= 0 (deformable "
           "fields only)")
@@ -637,7 +658,9 @@ def parse_args(argv=None):
     parser.add_argument("--methods", nargs="+", default=list(LIBRARIES),
                         choices=list(LIBRARIES) + [m.id for m in METHODS],
                         help="libraries (all their default methods) or single methods (default: ants torchreg regnet)")
-    parser.add_argument("--cases", nargs="+", choices=("2d", "3d"), default=["2d", "3d"])
+    parser.add_argument("--cases", nargs="+", choices=("2d", "3d", "process"), default=["2d", "3d"],
+                        help="2d / 3d: in-process registration calls; process: whole processes, r16 -> r64 "
+                             "(regnet register vs an ANTsPy script doing the same job)")
     parser.add_argument("--scale", type=int, default=None,
                         help="3D downsampling factor (default 1: 160x192x224; --quick: 3)")
     parser.add_argument("--threads", type=int, default=2, help="torch and ITK threads (default 2)")
@@ -687,6 +710,9 @@ def main(argv=None) -> int:
         "cases": {},
     }
     for name in args.cases:
+        if name == "process":
+            report["cases"]["process"] = run_processes(args)
+            continue
         start = time.perf_counter()
         case = case_2d(args.quick) if name == "2d" else case_3d(args.scale)
         print(f"{PROG}: case {name} {'x'.join(map(str, case.shape))} ({case.source}), "
