@@ -8,7 +8,7 @@ Layers, bottom to top (``docs/conventions.md``, "Layout"):
     regnet.losses | regnet.metrics | regnet.io               siblings: never import each other
     regnet.registration                                      skeleton, affine, SyN, world, config
     regnet.pipeline | regnet.transforms                      adapters: never import each other
-    regnet.lightning                                         may use transforms, never pipeline
+    regnet.lightning                                         may use transforms and pipeline
     regnet.demo, then regnet.cli, then regnet.__main__      entry points (the command line runs the demo)
 
 Every ``import`` counts, also those inside functions (a lazy import is still a dependency).

@@ -1,6 +1,6 @@
-"""The ``regnet`` command line: one module per command (``register``, ``apply``,
-``apply-points``, ``demo``, ``train``), each with ``add(commands)`` (its argparse sub-parser)
-and ``run(args, start)``.
+"""The ``regnet`` command line: one module per command (``register``, ``register-many``,
+``template``, ``apply``, ``apply-points``, ``demo``, ``train``), each with ``add(commands)``
+(its argparse sub-parser) and ``run(args, start)``.
 
 A thin :mod:`argparse` layer over :mod:`regnet.pipeline` and :mod:`regnet.demo`. Commands
 import torch (and the parts of regnet built on it) only when they run, so that ``regnet
@@ -21,10 +21,10 @@ import time
 
 from regnet import __version__
 from regnet._openmp import prefer_passive_waiting
-from regnet.cli import apply, apply_points, demo, register, train
+from regnet.cli import apply, apply_points, demo, register, register_many, template, train
 from regnet.cli._common import PROG
 
-COMMANDS = (register, apply, apply_points, demo, train)
+COMMANDS = (register, register_many, template, apply, apply_points, demo, train)
 
 
 def build_parser() -> argparse.ArgumentParser:
