@@ -41,6 +41,10 @@ def add(commands) -> None:
     parser.add_argument("--initial-transform", metavar="FILE", help="affine to start from instead of the centres "
                         "of mass: regnet's affine.txt or an ANTs/ITK .mat/.txt (FILE,1: its inverse), as ANTs' "
                         "--initial-moving-transform")
+    parser.add_argument("--fixed-mask", metavar="MASK", help="binary mask on the fixed grid: the similarity "
+                        "counts only voxels inside it (ANTs' -x)")
+    parser.add_argument("--moving-mask", metavar="MASK", help="binary mask on the moving grid: voxels whose "
+                        "point falls outside it do not count")
     parser.add_argument("--fixed-labels", metavar="SEG", help="label map of the fixed image: per-structure Dice "
                         "and HD95 (mm) before/after in report.json, with --moving-labels")
     parser.add_argument("--moving-labels", metavar="SEG", help="label map of the moving image (any grid); "
@@ -66,7 +70,8 @@ def run(args: argparse.Namespace, start: float) -> int:
     try:
         report = register_files(args.fixed, args.moving, args.transform, out, config=args.config,
                                 device=args.device, verbose=not args.quiet, labels=labels,
-                                initial_transform=args.initial_transform)
+                                initial_transform=args.initial_transform, fixed_mask=args.fixed_mask,
+                                moving_mask=args.moving_mask)
     except (ValueError, TypeError, OSError) as problem:
         return failure(COMMAND, problem)
     print(summary(report, time.perf_counter() - start))

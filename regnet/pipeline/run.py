@@ -27,13 +27,14 @@ from regnet.pipeline.outdir import REPORT_NAME, check_out_dir, output_folder
 from regnet.pipeline.outputs import save_warped, write_outputs, write_report
 from regnet.pipeline.transform_list import ArgumentError, Field, field_grid, parse_item, read_affine, read_transforms
 from regnet.registration.config import load_config
-from regnet.registration.world import TRANSFORMS, check_device, register_images, sample_moving
+from regnet.registration.world import TRANSFORMS, check_device, check_mask, register_images, sample_moving
 
 INTERPOLATIONS = ("linear", "nearest")
 
 
 def register_files(fixed_path, moving_path, transform: str, out_dir, config=None, device="cpu",
-                   verbose: bool = True, labels: tuple | None = None, initial_transform=None) -> dict:
+                   verbose: bool = True, labels: tuple | None = None, initial_transform=None, fixed_mask=None,
+                   moving_mask=None) -> dict:
     """``regnet register``: register ``moving_path`` onto ``fixed_path`` and write ``out_dir``.
 
     Args:
@@ -50,6 +51,8 @@ def register_files(fixed_path, moving_path, transform: str, out_dir, config=None
         initial_transform: an affine to start from instead of the centres of mass (ANTs'
             ``--initial-moving-transform``): regnet's ``affine.txt``, an ANTs/ITK ``.mat`` /
             ``.txt``, ``"FILE,1"`` for its inverse (:func:`read_initial_transform`).
+        fixed_mask, moving_mask: paths of binary masks on the fixed / moving image's grid that
+            restrict the similarity to a region (ANTs' ``-x [fixed, moving]``).
 
     Returns:
         The report (also ``out_dir/report.json``) with ``out_dir`` added.
@@ -64,9 +67,11 @@ def register_files(fixed_path, moving_path, transform: str, out_dir, config=None
     moving = load_image(moving_path)
     label_images = None if labels is None else _load_labels(labels, fixed)
     initial = None if initial_transform is None else read_initial_transform(initial_transform, fixed.ndim)
+    masks = {name: _load_mask(name, path, image, which) for name, path, image, which in
+             (("fixed_mask", fixed_mask, fixed, "fixed"), ("moving_mask", moving_mask, moving, "moving"))}
     load_time = time.perf_counter() - start
     with output_folder(out_dir) as tmp:
-        result = register_images(fixed, moving, transform, config, device, verbose, initial_matrix=initial)
+        result = register_images(fixed, moving, transform, config, device, verbose, initial_matrix=initial, **masks)
         result.report["time_s"]["load"] = load_time
         report = write_outputs(result, tmp, labels=label_images)
         report["time_s"]["total"] = time.perf_counter() - start
@@ -90,6 +95,19 @@ def read_initial_transform(initial_transform, ndim: int | None = None) -> np.nda
                                       f"ANTs/ITK .mat or .txt), got {suffix(path)!r}")
     matrix = read_affine(path, ndim, argument)
     return np.linalg.inv(matrix) if invert else matrix
+
+
+def _load_mask(argument: str, path, image, which: str):
+    """A mask file read and checked (binary, on ``image``'s grid), or ``None``; problems name the
+    argument (the command line prints them as ``--fixed-mask`` / ``--moving-mask``, status 2)."""
+    if path is None:
+        return None
+    mask = load_image(path, dtype=None)
+    try:
+        check_mask("register_files", argument, mask, image, which)
+    except (ValueError, TypeError) as problem:
+        raise ArgumentError(argument, f"'{path}': {str(problem).split(': ', 2)[-1]}") from None
+    return mask
 
 
 def _load_labels(labels: tuple, fixed) -> tuple:

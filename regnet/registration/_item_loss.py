@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 import torch
 
+from regnet.losses._reduce import masked_item_means
+
 
 class ItemLoss:
     """``loss(moved, static) -> (total, per_item or None)`` for a batch of ``batch`` pairs.
@@ -34,15 +36,20 @@ class ItemLoss:
             self.items_fn.reduction = "none"
             self.reduction = reduction
 
-    def __call__(self, moved, static):
+    def __call__(self, moved, static, mask: torch.Tensor | None = None):
         if self.items_fn is not None:
-            values = self.items_fn(moved, static)
+            values = similarity(self.items_fn, moved, static, mask)
             if isinstance(values, torch.Tensor) and values.dim() >= 1 and values.shape[0] == self.batch:
-                items = values.reshape(self.batch, -1)
-                items = items.mean(1) if self.reduction == "mean" else items.sum(1)
+                if values.dim() == 1:  # already per item (MI)
+                    items = values
+                elif mask is not None and self.reduction == "mean":
+                    items = masked_item_means(values, mask)  # values are mask * per-voxel losses
+                else:
+                    items = values.reshape(self.batch, -1)
+                    items = items.mean(1) if self.reduction == "mean" else items.sum(1)
                 return (items.mean() if self.reduction == "mean" else items.sum()), items
             self.items_fn = None  # not a per-element loss after all: use the function as it is
-        value = self.fn(moved, static)
+        value = similarity(self.fn, moved, static, mask)
         per_item_ok = isinstance(value, torch.Tensor) and (value.dim() == 0 or tuple(value.shape) == (self.batch,))
         if not per_item_ok:
             got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
@@ -56,9 +63,26 @@ class ItemLoss:
         """The total loss from per-item losses ``(..., B)``, as the function reduces them."""
         return items.sum(-1) if self.reduction == "sum" else items.mean(-1)
 
-    def per_item(self, moved, static) -> torch.Tensor:
+    def per_item(self, moved, static, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Per-item losses ``(B,)``, item by item when the function gives only a total."""
-        _, items = self(moved, static)
+        _, items = self(moved, static, mask)
         if items is None:
-            items = torch.stack([self.fn(moved[b:b + 1], static[b:b + 1]).reshape(()) for b in range(self.batch)])
+            items = torch.stack([
+                similarity(self.fn, moved[b:b + 1], static[b:b + 1],
+                           None if mask is None else mask[b:b + 1] if mask.shape[0] > 1 else mask).reshape(())
+                for b in range(self.batch)])
         return items.detach()
+
+
+def similarity(fn: Callable, moved: torch.Tensor, static: torch.Tensor, mask: torch.Tensor | None):
+    """``fn(moved, static)``, or ``fn(moved, static, mask=mask)`` with a mask (a clear error when
+    ``fn`` takes no ``mask``: regnet's losses do)."""
+    if mask is None:
+        return fn(moved, static)
+    try:
+        return fn(moved, static, mask=mask)
+    except TypeError as error:
+        if "mask" not in str(error):
+            raise
+        raise TypeError(f"dissimilarity_function {fn!r} does not take mask=: masks need a loss that does "
+                        f"(regnet's MSELoss, LocalNCCLoss, GlobalMILoss)") from None

@@ -52,6 +52,21 @@ def check_pair(fn: str, moving, static) -> None:
         _checks.finite(fn, name, x)  # one host sync per registration, before the loop
 
 
+def check_masks(fn: str, static_mask, static: torch.Tensor, moving_mask, moving: torch.Tensor) -> list:
+    """``[static_mask, moving_mask]`` checked (``(B or 1, 1, *spatial)`` of their image, values
+    >= 0, finite) and in the images' dtype, or ``None`` where not given."""
+    out = []
+    for name, mask, image in (("static_mask", static_mask, static), ("moving_mask", moving_mask, moving)):
+        if mask is None:
+            out.append(None)
+            continue
+        mask = _checks.mask(fn, name, mask, image, "its image")
+        if mask.shape[1] != 1:
+            raise ValueError(f"{fn}: {name} must have one channel, (B or 1, 1, *spatial), got {tuple(mask.shape)}")
+        out.append(mask)
+    return out
+
+
 #: Below this many voxels per image a CPU registration runs on one thread (see
 #: :func:`cpu_threads_for`).
 SMALL_LEVEL_VOXELS = 1 << 18

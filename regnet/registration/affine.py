@@ -19,9 +19,9 @@ from regnet import _checks, ops
 from regnet.losses import MSELoss
 from regnet.registration._graph import graph_wanted
 from regnet.registration._item_loss import ItemLoss
-from regnet.registration._levels import LossLog, check_pair, cpu_threads_for, make_optimizer, run_level
+from regnet.registration._levels import LossLog, check_masks, check_pair, cpu_threads_for, make_optimizer, run_level
 from regnet.registration._options import LevelOptions, WithLevelOptions
-from regnet.registration._pyramid import downsample, level_shape
+from regnet.registration._pyramid import downsample, level_shape, resize
 from regnet.registration.initialisation import initial_candidates
 
 INITS = ("com", "moments", None)
@@ -173,6 +173,7 @@ class AffineRegistration(WithLevelOptions):
         self.level_times: list[float] = []
         self.init_time: float = 0.0
         self._static_shape: tuple[int, ...] | None = None
+        self._masks: list[torch.Tensor | None] = [None, None]
 
     def _fitted(self, fn: str) -> list[torch.nn.Parameter]:
         if self.parameters is None:
@@ -181,15 +182,24 @@ class AffineRegistration(WithLevelOptions):
 
     # --- registration --------------------------------------------------------------------
 
-    def __call__(self, moving: torch.Tensor, static: torch.Tensor, return_moved: bool = True):
+    def __call__(self, moving: torch.Tensor, static: torch.Tensor, return_moved: bool = True, *,
+                 static_mask: torch.Tensor | None = None, moving_mask: torch.Tensor | None = None):
         """Register ``moving`` onto ``static``, both ``(B, C, *spatial)`` (spatial shapes may
         differ). Returns the moved image ``(B, C, *static.shape[2:])`` (detached), or ``None``
-        with ``return_moved=False``."""
-        check_pair("AffineRegistration", moving, static)
-        with cpu_threads_for(static):
-            return self._register(moving, static, return_moved)
+        with ``return_moved=False``.
 
-    def _register(self, moving: torch.Tensor, static: torch.Tensor, return_moved: bool):
+        ``static_mask`` ``(B or 1, 1, *static spatial)`` / ``moving_mask`` ``(B or 1, 1, *moving
+        spatial)``: restrict the similarity to a region (ANTs' ``-x``): only static voxels inside
+        the static mask whose point falls inside the moving mask count (0/1 or soft weights;
+        the moving mask follows the current affine). The dissimilarity function must take
+        ``mask=`` (regnet's losses do)."""
+        fn = "AffineRegistration"
+        check_pair(fn, moving, static)
+        masks = check_masks(fn, static_mask, static, moving_mask, moving)
+        with cpu_threads_for(static):
+            return self._register(moving, static, return_moved, masks)
+
+    def _register(self, moving: torch.Tensor, static: torch.Tensor, return_moved: bool, masks=(None, None)):
         fn = "AffineRegistration"
         ndim = static.dim() - 2
         if self.is_3d is not None and self.is_3d != (ndim == 3):
@@ -219,11 +229,16 @@ class AffineRegistration(WithLevelOptions):
             start = time.perf_counter()
             moving_l = downsample(moving, level_shape(moving.shape[2:], scale), self.align_corners)
             static_l = downsample(static, level_shape(static.shape[2:], scale), self.align_corners)
+            masks_l = [None if m is None else resize(m, level_shape(m.shape[2:], scale), self.align_corners)
+                       for m in masks]
             level_loss = loss_fn
             if level == 0 and count > 1:
                 moving_l = moving_l.repeat(count, *[1] * (moving_l.dim() - 1))
                 static_l = static_l.repeat(count, *[1] * (static_l.dim() - 1))
+                masks_l = [None if m is None or m.shape[0] == 1 else m.repeat(count, *[1] * (m.dim() - 1))
+                           for m in masks_l]
                 level_loss = ItemLoss(self.dissimilarity_function, count * batch)
+            self._masks = masks_l
             description = f"affine {level + 1}/{len(options.scales)} {tuple(static_l.shape[2:])}"
             log = LossLog(iterations, description, options.verbose)
             trainable = [p for p in self.parameters if p.requires_grad]
@@ -247,7 +262,7 @@ class AffineRegistration(WithLevelOptions):
         gives no per-item values)."""
         with torch.no_grad():
             moved = self._sample(moving, self.get_affine(), tuple(static.shape[2:]), None)
-            final = loss_fn.per_item(moved, static).view(count, batch)
+            final = loss_fn.per_item(moved, static, self._mask(self.parameters, static.shape[2:])).view(count, batch)
             index = final.argmin(0) * batch + torch.arange(batch, device=final.device)
         self.parameters = [torch.nn.Parameter(p.detach()[index], requires_grad=p.requires_grad)
                            for p in self.parameters]
@@ -263,12 +278,23 @@ class AffineRegistration(WithLevelOptions):
 
         def iteration():
             moved = ops.affine_transform_params(moving, *self.parameters, *options)
-            loss, items = loss_fn(moved, static)
+            loss, items = loss_fn(moved, static, self._mask(self.parameters, options[0]))
             loss.backward()
             optimizer.step()
             return loss.detach(), None if items is None else items.detach()
 
         run_level(iteration, optimizer, graph, log, iterations, check, self.tolerance)
+
+    def _mask(self, parameters, shape) -> torch.Tensor | None:
+        """The level's similarity mask for the current parameters: the static mask times the
+        moving mask sampled through the affine (no gradient); ``None`` without masks."""
+        static_mask, moving_mask = self._masks
+        if moving_mask is None:
+            return static_mask
+        with torch.no_grad():
+            theta = ops.compose_affine(*(p.detach() for p in parameters))
+            moved = ops.affine_transform(moving_mask, theta, tuple(shape), "bilinear", "zeros", self.align_corners)
+        return moved if static_mask is None else moved * static_mask
 
     def _sample(self, image, theta, shape, mode):
         mode = mode or self.interp_mode or "bilinear"

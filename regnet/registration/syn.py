@@ -32,9 +32,10 @@ from regnet import _checks, ops
 from regnet.geometry import matrix_to_ddf, resize_field, theta_to_voxel
 from regnet.losses import DiffusionLoss, LocalNCCLoss
 from regnet.registration._graph import graph_wanted
-from regnet.registration._levels import LossLog, check_pair, cpu_threads_for, make_optimizer, run_level
+from regnet.registration._item_loss import similarity
+from regnet.registration._levels import LossLog, check_masks, check_pair, cpu_threads_for, make_optimizer, run_level
 from regnet.registration._options import LevelOptions, WithLevelOptions
-from regnet.registration._pyramid import downsample, level_shape
+from regnet.registration._pyramid import downsample, level_shape, resize
 from regnet.registration.affine import AffineRegistration
 from regnet.registration.syn_fields import full_maps, half_maps
 
@@ -152,6 +153,7 @@ class SyNRegistration(WithLevelOptions):
         self._static_shape = None
         self.loss_history: list[list[float]] = []
         self.level_times: list[float] = []
+        self._masks: list[torch.Tensor | None] = [None, None]
 
     # --- fields --------------------------------------------------------------------------
 
@@ -175,21 +177,29 @@ class SyNRegistration(WithLevelOptions):
 
     # --- optimisation --------------------------------------------------------------------
 
-    def __call__(self, moving, static, v_xy=None, v_yx=None, return_moved=True):
+    def __call__(self, moving, static, v_xy=None, v_yx=None, return_moved=True, *, static_mask=None,
+                 moving_mask=None):
         """Register ``moving`` onto ``static`` (``(B, C, *spatial)``, same grid shape).
 
         ``v_xy``, ``v_yx``: optional starting velocities ``(B, ndim, *grid)`` in voxels of
         their own grid (any grid; resized to each level's velocity grid).
 
+        ``static_mask``, ``moving_mask`` ``(B or 1, 1, *spatial)``: restrict the similarity to
+        a region (ANTs' ``-x``): each mask follows its image half-way and the similarity counts
+        the half-way voxels inside both (0/1 or soft weights, no gradient through them). The
+        dissimilarity function must take ``mask=`` (regnet's losses do).
+
         Returns ``(moved, moved_static, ddf, inverse_ddf)``: moving warped onto static,
         static warped onto moving, the forward DDF (static grid, pull: ``moved(x) =
         moving(x + ddf(x))``) and the inverse DDF; ``None`` if ``return_moved`` is false.
         """
-        check_pair("SyNRegistration", moving, static)
+        fn = "SyNRegistration"
+        check_pair(fn, moving, static)
+        masks = check_masks(fn, static_mask, static, moving_mask, moving)
         with cpu_threads_for(static):
-            return self._register(moving, static, v_xy, v_yx, return_moved)
+            return self._register(moving, static, v_xy, v_yx, return_moved, masks)
 
-    def _register(self, moving, static, v_xy, v_yx, return_moved):
+    def _register(self, moving, static, v_xy, v_yx, return_moved, masks=(None, None)):
         if moving.shape != static.shape:
             raise ValueError(
                 f"SyNRegistration: moving {tuple(moving.shape)} and static {tuple(static.shape)} must be on one "
@@ -203,8 +213,10 @@ class SyNRegistration(WithLevelOptions):
             affine = self.affine
             if not isinstance(affine, AffineRegistration):
                 affine = AffineRegistration(verbose=self.verbose)
-            moving = affine(moving, static)
+            moving = affine(moving, static, static_mask=masks[0], moving_mask=masks[1])
             self.theta, self._affine_align_corners = affine.get_affine(), affine.align_corners
+            if masks[1] is not None:
+                masks = [masks[0], affine.transform(masks[1].expand(moving.shape[0], -1, *masks[1].shape[2:]))]
         self._grid_factor = self.velocity_scale or default_velocity_scale(ndim)
         first = level_shape(level_shape(shape, self.scales[0]), self._grid_factor)
         zeros = static.new_zeros((static.shape[0], ndim, *first))
@@ -221,6 +233,7 @@ class SyNRegistration(WithLevelOptions):
             start = time.perf_counter()
             level = level_shape(shape, scale)
             x, y = downsample(moving, level), downsample(static, level)
+            self._masks = [None if m is None else resize(m, level) for m in masks]
             if self.sigma_img > 0:
                 x, y = ops.gaussian_smooth(x, self.sigma_img), ops.gaussian_smooth(y, self.sigma_img)
             with torch.enable_grad(), cpu_threads_for(y):  # also inside a caller's no_grad block
@@ -258,7 +271,8 @@ class SyNRegistration(WithLevelOptions):
             half = resize_field(ops.exp(torch.cat([self._velocity(p_xy), self._velocity(p_yx)]), self.time_steps,
                                         padding_mode="border"), shape)
             moved = ops.warp(images_xy, half)
-            loss = self.dissimilarity_function(moved[:batch], moved[batch:])
+            mask = self._halfway_mask(half, batch)
+            loss = similarity(self.dissimilarity_function, moved[:batch], moved[batch:], mask)
             if self.lambda_:
                 regulariser = self.regularization_function(half[:batch]) + self.regularization_function(half[batch:])
                 loss = loss + self.lambda_ * regulariser
@@ -271,6 +285,20 @@ class SyNRegistration(WithLevelOptions):
         with torch.no_grad():
             self.v_xy = self._velocity(p_xy.detach())
             self.v_yx = self._velocity(p_yx.detach())
+
+    def _halfway_mask(self, half: torch.Tensor, batch: int) -> torch.Tensor | None:
+        """The level's masks carried half-way by the current maps (moving by ``half[:B]``, static
+        by ``half[B:]``) and multiplied; ``None`` without masks. No gradient."""
+        static_mask, moving_mask = self._masks
+        if static_mask is None and moving_mask is None:
+            return None
+        with torch.no_grad():
+            out = None
+            for mask, field in ((moving_mask, half[:batch]), (static_mask, half[batch:])):
+                if mask is not None:
+                    moved = ops.warp(mask, field.detach(), padding_mode="zeros")
+                    out = moved if out is None else out * moved
+        return out
 
     # --- using the result ----------------------------------------------------------------
 

@@ -155,7 +155,8 @@ def grid_info(image: Image) -> dict[str, Any]:
 
 
 def register_images(fixed: Image, moving: Image, transform: str = "affine+syn", config=None,
-                    device="cpu", verbose: bool = True, initial_matrix=None) -> Registration:
+                    device="cpu", verbose: bool = True, initial_matrix=None, fixed_mask: Image | None = None,
+                    moving_mask: Image | None = None) -> Registration:
     """Register two :class:`regnet.io.Image` s in memory (see the module docstring).
 
     Args:
@@ -169,6 +170,10 @@ def register_images(fixed: Image, moving: Image, transform: str = "affine+syn", 
             start from instead of the centres of mass: the affine stage refines it, and
             ``"syn"`` alone registers the moving image resampled through it (the result then
             has this affine part).
+        fixed_mask, moving_mask: binary masks (0/1, on the fixed / moving image's grid) that
+            restrict the similarity to a region, as ANTs' ``-x [fixed, moving]``: only fixed
+            voxels inside the fixed mask whose point falls inside the moving mask count. The
+            transform still covers the whole image.
 
     Returns:
         A :class:`Registration` with the world matrix, the total forward DDF on the fixed
@@ -178,7 +183,8 @@ def register_images(fixed: Image, moving: Image, transform: str = "affine+syn", 
     if not isinstance(fixed, Image):
         raise TypeError(f"register_images: fixed must be a regnet.io.Image, got {type(fixed).__name__}")
     with cpu_threads_for(fixed.data):  # small images: one intra-op thread (see there)
-        return _register_images(fixed, moving, transform, config, device, verbose, initial_matrix)
+        return _register_images(fixed, moving, transform, config, device, verbose, initial_matrix, fixed_mask,
+                                moving_mask)
 
 
 def _initial(fn: str, initial_matrix, ndim: int) -> np.ndarray | None:
@@ -191,8 +197,32 @@ def _initial(fn: str, initial_matrix, ndim: int) -> np.ndarray | None:
     return matrix
 
 
+def check_mask(fn: str, name: str, mask, image: Image, image_name: str) -> torch.Tensor | None:
+    """A mask :class:`Image` on ``image``'s grid holding only 0 and 1 (and some 1), as float32
+    ``(1, 1, *spatial)``; ``None`` when not given."""
+    if mask is None:
+        return None
+    if not isinstance(mask, Image):
+        raise TypeError(f"{fn}: {name} must be a regnet.io.Image, got {type(mask).__name__}")
+    if mask.spatial_shape != image.spatial_shape or not np.allclose(mask.affine, image.affine, atol=1e-4):
+        raise ValueError(f"{fn}: {name} must lie on the {image_name} image's grid "
+                         f"({'x'.join(map(str, image.spatial_shape))}, same affine), got "
+                         f"{'x'.join(map(str, mask.spatial_shape))} with affine {np.round(mask.affine, 4).tolist()}")
+    data = mask.data
+    if data.shape[1] != 1:
+        raise ValueError(f"{fn}: {name} must have one channel, got {data.shape[1]}")
+    values = torch.unique(data)
+    if not bool(torch.isin(values, torch.tensor([0, 1], dtype=values.dtype)).all()):
+        shown = values[:6].tolist()
+        more = " ..." if len(values) > 6 else ""
+        raise ValueError(f"{fn}: {name} must be binary (0 and 1), got values {shown}{more}")
+    if not bool((data > 0).any()):
+        raise ValueError(f"{fn}: {name} is empty (no voxel inside)")
+    return data.float()
+
+
 def _register_images(fixed: Image, moving: Image, transform: str, config, device, verbose: bool,
-                     initial_matrix=None) -> Registration:
+                     initial_matrix=None, fixed_mask=None, moving_mask=None) -> Registration:
     start = time.perf_counter()
     if transform not in TRANSFORMS:
         raise ValueError(f"transform must be one of {', '.join(TRANSFORMS)}, got {transform!r}")
@@ -211,16 +241,24 @@ def _register_images(fixed: Image, moving: Image, transform: str, config, device
         raise ValueError(f"the fixed grid must have at least 2 voxels along every axis, got {fixed.spatial_shape}")
     shape, ndim = fixed.spatial_shape, fixed.ndim
     initial = _initial("register_images", initial_matrix, ndim)
+    fixed_m = check_mask("register_images", "fixed_mask", fixed_mask, fixed, "fixed")
+    moving_m = check_mask("register_images", "moving_mask", moving_mask, moving, "moving")
+    fixed_m = None if fixed_m is None else fixed_m.to(dev)
+    moving_m = None if moving_m is None else moving_m.to(dev)
 
     ranges = {"fixed": intensity_range(fixed.data), "moving": intensity_range(moving.data)}
     fixed_n = normalise(fixed.data.to(dev, torch.float32), *ranges["fixed"])
     moving_n = normalise(moving.data.to(dev, torch.float32), *ranges["moving"])
     identity = np.eye(ndim + 1)
 
-    def through(matrix) -> torch.Tensor:  # normalised moving on the fixed grid through `matrix`
+    def through(matrix, image=None) -> torch.Tensor:  # normalised moving (or its mask) on the fixed grid
         theta = world_to_theta(matrix, shape, fixed.affine, moving.spatial_shape, moving.affine, True)
-        return ops.affine_transform(moving_n, theta.to(dev, torch.float32), shape=shape,
+        return ops.affine_transform(moving_n if image is None else image, theta.to(dev, torch.float32), shape=shape,
                                     padding_mode="zeros", align_corners=True)
+
+    def masks(matrix) -> dict:  # the masks on the fixed grid, the moving one through `matrix`
+        with torch.no_grad():
+            return {"static_mask": fixed_m, "moving_mask": None if moving_m is None else through(matrix, moving_m)}
 
     with torch.no_grad():
         headers = through(identity)
@@ -238,6 +276,9 @@ def _register_images(fixed: Image, moving: Image, transform: str, config, device
         "loss_history": {},
         "time_s": {"prepare": time.perf_counter() - start},
     }
+    if fixed_mask is not None or moving_mask is not None:
+        report["masks"] = {name: None if m is None else (str(m.path) if m.path is not None else "in memory")
+                           for name, m in (("fixed", fixed_mask), ("moving", moving_mask))}
 
     matrix = initial
     if initial is not None:
@@ -255,7 +296,7 @@ def _register_images(fixed: Image, moving: Image, transform: str, config, device
         with torch.no_grad():
             started = through(start_matrix)
         reg = config.build("affine", verbose)
-        reg(started, fixed_n, return_moved=False)
+        reg(started, fixed_n, return_moved=False, **masks(start_matrix))
         theta = reg.get_affine()
         found = theta_to_world(theta.double(), shape, fixed.affine, shape, fixed.affine, reg.align_corners)
         matrix = start_matrix @ found
@@ -272,7 +313,7 @@ def _register_images(fixed: Image, moving: Image, transform: str, config, device
             prepare = time.perf_counter() - start_syn
         reg = config.build("syn", verbose)
         start_syn = time.perf_counter()
-        reg(affined, fixed_n, return_moved=False)
+        reg(affined, fixed_n, return_moved=False, **masks(identity if matrix is None else matrix))
         syn_ddf, syn_inverse = reg.fields()
         fields_time = time.perf_counter() - start_syn - sum(reg.level_times)
         report["settings"]["syn"] = config.settings("syn")

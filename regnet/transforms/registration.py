@@ -137,9 +137,10 @@ def inverse_field(matrix, syn_inverse, fixed_affine, fixed_shape, grid_affine, g
 
 
 def register_pair(fn: str, moving, fixed, transform: str, config, device, verbose: bool, moving_name: str,
-              fixed_name: str):
-    """Run :func:`regnet.registration.register_images` on two channel-first (Meta)Tensors;
-    returns ``(moving, fixed, result, inverse_field, matrix)``."""
+                  fixed_name: str, fixed_mask=None, moving_mask=None, mask_names=("fixed_mask", "moving_mask")):
+    """Run :func:`regnet.registration.register_images` on two channel-first (Meta)Tensors (and
+    optional binary masks ``(1, *spatial)`` on their grids); returns ``(moving, fixed, result,
+    inverse_field, matrix)``."""
     moving = check_image(moving_name, moving)
     fixed = check_image(fixed_name, fixed)
     if moving.dim() != fixed.dim():
@@ -157,7 +158,15 @@ def register_pair(fn: str, moving, fixed, transform: str, config, device, verbos
             return Image(plain(x).detach().clone()[None], affine_nd(x, ndim))
 
         moving_image, fixed_image = to_image(moving), to_image(fixed)
-        result = register_images(fixed_image, moving_image, transform, config, dev, verbose)
+        masks = {}
+        for key, mask, name in (("fixed_mask", fixed_mask, mask_names[0]), ("moving_mask", moving_mask, mask_names[1])):
+            if mask is not None:
+                mask = check_image(name, mask)
+                if mask.dim() != moving.dim() or mask.shape[0] != 1:
+                    raise ValueError(f"{name} must be a one-channel mask (1, *spatial) of the images' dimension, got "
+                                     f"shape {tuple(mask.shape)}")
+                masks[key] = to_image(mask)
+        result = register_images(fixed_image, moving_image, transform, config, dev, verbose, **masks)
     inverse = inverse_field(result.matrix, result.syn_inverse, fixed_image.affine, fixed_image.spatial_shape,
                              moving_image.affine, moving_image.spatial_shape, dev)
     matrix = torch.as_tensor(np.eye(ndim + 1) if result.matrix is None else result.matrix, dtype=torch.float64)
@@ -199,10 +208,13 @@ class RegisterImages(Transform):
         self.device = device
         self.verbose = bool(verbose)
 
-    def __call__(self, moving, fixed) -> RegistrationResult:
+    def __call__(self, moving, fixed, fixed_mask=None, moving_mask=None) -> RegistrationResult:
+        """Register; ``fixed_mask`` / ``moving_mask`` ``(1, *spatial)``: binary masks on the fixed /
+        moving grid restricting the similarity to a region (ANTs' ``-x``)."""
         fn = type(self).__name__
         moving, fixed, result, inverse, matrix = register_pair(
-            fn, moving, fixed, self.transform, self.config, self.device, self.verbose, f"{fn}: moving", f"{fn}: fixed")
+            fn, moving, fixed, self.transform, self.config, self.device, self.verbose, f"{fn}: moving", f"{fn}: fixed",
+            fixed_mask, moving_mask, (f"{fn}: fixed_mask", f"{fn}: moving_mask"))
         ddf = like(result.ddf[0].float(), fixed, [], filename(fixed))
         inverse_ddf = like(inverse.float(), moving, [], filename(moving))
         warped = apply_registration(moving, ddf, self.mode, self.padding_mode, template=fixed)

@@ -92,6 +92,9 @@ class RegisterImagesd(MapTransform, InvertibleTransform):
         verbose: progress bars.
         allow_missing_keys: skip missing keys; return the data unchanged when ``moving_key`` is
             missing (``fixed_key`` must be present when the moving image is).
+        mask_keys: ``(fixed_mask_key, moving_mask_key)`` (either ``None``): binary masks ``(1,
+            *spatial)`` on the fixed / moving grid that restrict the similarity to a region (ANTs'
+            ``-x``); they are read, not transformed.
     """
 
     backend = [TransformBackends.TORCH]
@@ -113,9 +116,17 @@ class RegisterImagesd(MapTransform, InvertibleTransform):
         device=None,
         verbose: bool = False,
         allow_missing_keys: bool = False,
+        *,
+        mask_keys: tuple[Hashable | None, Hashable | None] | None = None,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         fn = type(self).__name__
+        if mask_keys is None:
+            mask_keys = (None, None)
+        if not isinstance(mask_keys, (tuple, list)) or len(mask_keys) != 2:
+            raise ValueError(f"{fn}: mask_keys must be (fixed_mask_key, moving_mask_key), either None, got "
+                             f"{mask_keys!r}")
+        self.mask_keys = tuple(_checks.key(fn, "mask_keys", k, optional=True) for k in mask_keys)
         self.fixed_key = _checks.key(fn, "fixed_key", fixed_key)
         self.moving_key = self.keys[0] if moving_key is None else _checks.key(fn, "moving_key", moving_key)
         self.transform = check_transform(fn, transform)
@@ -164,9 +175,15 @@ class RegisterImagesd(MapTransform, InvertibleTransform):
             if image.dim() != moving_dim:
                 raise ValueError(f"{where(fn, key)} is {image.dim() - 1}D (shape {tuple(image.shape)}) but the moving "
                                  f"image data[{self.moving_key!r}] is {moving_dim - 1}D")
+        masks = []
+        for key in self.mask_keys:
+            if key is not None and key not in d:
+                raise KeyError(f"{fn}: mask key {key!r} (mask_keys) is missing from the data; present keys: {list(d)}")
+            masks.append(None if key is None else d[key])
         moving, fixed, result, inverse, matrix = register_pair(
             fn, d[self.moving_key], d[self.fixed_key], self.transform, self.config, self.device, self.verbose,
-            where(fn, self.moving_key), where(fn, self.fixed_key))
+            where(fn, self.moving_key), where(fn, self.fixed_key), *masks,
+            tuple(where(fn, k) if k is not None else "" for k in self.mask_keys))
         ddf = like(result.ddf[0].float(), fixed, [], filename(fixed))
         outputs = {}
         for key, out_key, mode, padding_mode in present:
@@ -239,10 +256,10 @@ def _fixed(transform: str):
              output_keys: KeysCollection | None = None, ddf_key: Hashable | None = "ddf",
              inverse_ddf_key: Hashable | None = "inverse_ddf", affine_key: Hashable | None = "affine",
              report_key: Hashable | None = None, config=None, device=None, verbose: bool = False,
-             allow_missing_keys: bool = False) -> None:
+             allow_missing_keys: bool = False, *, mask_keys=None) -> None:
         RegisterImagesd.__init__(self, keys, fixed_key, moving_key, transform, mode, padding_mode, output_keys,
                                  ddf_key, inverse_ddf_key, affine_key, report_key, config, device, verbose,
-                                 allow_missing_keys)
+                                 allow_missing_keys, mask_keys=mask_keys)
 
     return init
 
