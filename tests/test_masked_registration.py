@@ -14,7 +14,8 @@ from regnet.registration import register_images
 
 def _blobs(size: int = 48) -> torch.Tensor:
     y, x = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
-    image = (torch.exp(-((x - 0.15) ** 2 + (y + 0.1) ** 2) / 0.08) + 0.7 * torch.exp(-((x + 0.3) ** 2 + (y - 0.25) ** 2) / 0.03)
+    image = (torch.exp(-((x - 0.15) ** 2 + (y + 0.1) ** 2) / 0.08)
+             + 0.7 * torch.exp(-((x + 0.3) ** 2 + (y - 0.25) ** 2) / 0.03)
              + 0.5 * torch.exp(-((x + 0.1) ** 2 + (y + 0.4) ** 2) / 0.02))
     return image[None, None].double()
 
