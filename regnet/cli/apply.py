@@ -35,8 +35,9 @@ def add(commands) -> None:
     parser.add_argument("--inverse", action="store_true", help="the inverse mapping: fixed subject -> moving "
                         "subject (a folder's [affine.mat,1, inverse_warp.nii.gz]; a list reversed, affines inverted)")
     parser.add_argument(
-        "--interp", choices=("linear", "nearest"), default="linear",
-        help="interpolation: linear for images, nearest for label maps (default: linear)",
+        "--interp", choices=("linear", "label", "nearest"), default="linear",
+        help="interpolation: linear for images; label (label-wise linear, ANTs' GenericLabel) or nearest for "
+             "label maps (default: linear)",
     )
     parser.add_argument("--out", metavar="OUT", required=True, help="output file (.nii.gz, .nii or .png)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="torch device (default: cpu)")

@@ -8,8 +8,8 @@ units and on other grids, and sampling at points of another frame.
   :func:`theta_to_world`, :func:`theta_to_voxel`, :func:`world_to_voxel`, :func:`square`;
 - :mod:`~regnet.geometry.fields`: :func:`matrix_to_ddf`, :func:`theta_to_ddf`,
   :func:`resize_field`, :func:`invert_ddf`, :func:`ddf_to_world`, :func:`world_ddf_to_voxel`;
-- :mod:`~regnet.geometry.resampling`: :func:`sample_at_voxels`, :func:`sample_at_world`,
-  :func:`resample_to`, :func:`sampling_dtype`.
+- :mod:`~regnet.geometry.resampling`: :func:`sample_at_voxels`, :func:`sample_labels_at_voxels`,
+  :func:`sample_at_world`, :func:`resample_to`, :func:`sampling_dtype`.
 
 Conventions (``docs/conventions.md``, "Files and world space"): voxel indices in array axis
 order; normalised ``(x, y[, z])`` = reversed array axes in ``[-1, 1]`` (``affine_grid``);
@@ -39,7 +39,13 @@ from regnet.geometry.fields import (
     world_ddf_to_voxel,
 )
 from regnet.geometry.matrices import square, theta_to_voxel, theta_to_world, world_theta, world_to_theta, world_to_voxel
-from regnet.geometry.resampling import resample_to, sample_at_voxels, sample_at_world, sampling_dtype
+from regnet.geometry.resampling import (
+    resample_to,
+    sample_at_voxels,
+    sample_at_world,
+    sample_labels_at_voxels,
+    sampling_dtype,
+)
 
 __all__ = [
     "apply_matrix",
@@ -52,6 +58,7 @@ __all__ = [
     "resize_field",
     "sample_at_voxels",
     "sample_at_world",
+    "sample_labels_at_voxels",
     "sampling_dtype",
     "square",
     "theta_to_ddf",

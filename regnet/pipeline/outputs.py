@@ -15,7 +15,8 @@ take about as long as the figure. Files:
   like regnet; ``inverse_ddf.nii.gz`` is the same file as ``inverse_warp.nii.gz`` (a hard link
   where the file system has them);
 - ``warped.nii.gz`` / ``warped.png``, ``overview.png``, ``report.json`` (last); with labels
-  ``warped_labels.nii.gz`` and per-structure Dice and HD95 in the report.
+  ``warped_labels.nii.gz`` (label-wise linear interpolation, ANTs' ``GenericLabel``) and
+  per-structure Dice and HD95 in the report.
 
 Example::
 
@@ -141,9 +142,9 @@ def write_outputs(result: Registration, folder: str | os.PathLike, labels: tuple
 def _score_labels(report: dict, labels: tuple[Image, Image], ddf: torch.Tensor, fixed: Image) -> torch.Tensor:
     """Warp the moving labels, add Dice / HD95 to the report; return the warped labels."""
     moving_labels, fixed_labels = labels
-    warped = sample_moving(moving_labels, ddf, fixed.affine, "nearest")
+    warped = sample_moving(moving_labels, ddf, fixed.affine, "label")
     target = fixed_labels.data.to(ddf.device).long()
-    before = sample_moving(moving_labels, torch.zeros_like(ddf), fixed.affine, "nearest").long()
+    before = sample_moving(moving_labels, torch.zeros_like(ddf), fixed.affine, "label").long()
     after = warped.long()
     which = [v for v in SCORED_LABELS if bool((target == v).any())]
     report["metrics"]["dice"] = {

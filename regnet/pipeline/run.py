@@ -29,7 +29,7 @@ from regnet.pipeline.transform_list import ArgumentError, Field, field_grid, par
 from regnet.registration.config import load_config
 from regnet.registration.world import TRANSFORMS, check_device, check_mask, register_images, sample_moving
 
-INTERPOLATIONS = ("linear", "nearest")
+INTERPOLATIONS = ("linear", "nearest", "label")
 
 
 def register_files(fixed_path, moving_path, transform: str, out_dir, config=None, device="cpu",
@@ -144,7 +144,8 @@ def apply_transform(fixed_path, moving_path, transform, out_path, interp: str = 
             (:func:`~regnet.pipeline.transform_list.read_transforms`: ``.mat`` / ``.txt``
             affines, ``"FILE,1"`` to invert one, displacement fields ``.nii.gz``).
         out_path: ``.nii.gz``, ``.nii`` or ``.png`` (2D).
-        interp: ``"linear"`` (float32 output) or ``"nearest"`` (label maps: the input file's
+        interp: ``"linear"`` (float32 output), ``"label"`` (label maps, label-wise linear: ANTs'
+            ``GenericLabel``; the input file's dtype and values) or ``"nearest"`` (label maps: the input file's
             dtype and values are kept).
         reference: any image whose grid and header the output takes (ANTs' ``-r``), instead
             of ``fixed_path``; with ``inverse`` an image of the moving subject (e.g. the moving
@@ -171,18 +172,18 @@ def apply_transform(fixed_path, moving_path, transform, out_path, interp: str = 
     if fixed_path is not None:
         _check_fixed_grid(transform, transforms, grid_image, fixed_path)
     # linear: float32, exactly as `register` samples the moving image; nearest: the stored type
-    moving = load_image(moving_path, dtype=None if interp == "nearest" else torch.float32)
+    moving = load_image(moving_path, dtype=None if interp in ("nearest", "label") else torch.float32)
     if moving.ndim != grid_image.ndim:
         raise ValueError(f"--moving '{moving_path}' is {moving.ndim}D but the transform is {grid_image.ndim}D")
     if moving.data.is_complex():
         raise ValueError(f"--moving '{moving_path}' has complex values")
     with torch.no_grad():
         ddf = transforms.ddf(*grid, device=dev)
-        out = sample_moving(moving, ddf, grid_image.affine, "nearest" if interp == "nearest" else "bilinear")
+        out = sample_moving(moving, ddf, grid_image.affine, {"linear": "bilinear"}.get(interp, interp))
     if interp == "linear":
         out = out.float()
     out_path = Path(out_path)
-    save_warped(out_path, out, grid_image, moving, nearest=interp == "nearest")
+    save_warped(out_path, out, grid_image, moving, nearest=interp in ("nearest", "label"))
     return out_path
 
 

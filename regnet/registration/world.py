@@ -38,7 +38,15 @@ import numpy as np
 import torch
 
 from regnet import __version__, _checks, ops
-from regnet.geometry import matrix_to_ddf, sample_at_voxels, theta_to_world, voxel_grid, world_to_theta, world_to_voxel
+from regnet.geometry import (
+    matrix_to_ddf,
+    sample_at_voxels,
+    sample_labels_at_voxels,
+    theta_to_world,
+    voxel_grid,
+    world_to_theta,
+    world_to_voxel,
+)
 from regnet.io import Image
 from regnet.metrics import global_ncc, mse
 from regnet.registration._levels import cpu_threads_for
@@ -100,7 +108,9 @@ def sample_moving(moving: Image, ddf: torch.Tensor, fixed_affine, mode: str = "b
             labels), half precision in float32.
         ddf: ``(1, ndim, *fixed_shape)`` voxels of the fixed grid (:func:`regnet.io.load_ddf`).
         fixed_affine: the fixed grid's voxel -> world matrix.
-        mode: ``"bilinear"`` or ``"nearest"``.
+        mode: ``"bilinear"``, ``"nearest"`` or ``"label"`` (label maps: label-wise linear
+            interpolation, ANTs' ``GenericLabel``; :func:`regnet.geometry.sample_labels_at_voxels`,
+            in the labels' dtype).
 
     Returns:
         ``(1, C, *fixed_shape)`` on ``ddf``'s device, in the sampling dtype.
@@ -110,6 +120,8 @@ def sample_moving(moving: Image, ddf: torch.Tensor, fixed_affine, mode: str = "b
         raise ValueError(f"sample_moving: the moving image is {moving.ndim}D but the transform is {ndim}D")
     points = voxel_grid(ddf.shape[2:], ddf.device) + ddf[0].to(torch.float64)
     to_voxels = np.linalg.inv(moving.affine) @ np.asarray(fixed_affine, dtype=np.float64)
+    if mode == "label":
+        return sample_labels_at_voxels(moving.data, points, to_voxels)
     return sample_at_voxels(moving.data, points, to_voxels, mode, padding_mode)
 
 
