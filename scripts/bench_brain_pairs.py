@@ -26,8 +26,9 @@ for regnet, ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` for ANTs, ``ANTS_RANDOM_SEE
   --quiet`` (defaults; ``--regnet-config YAML`` adds ``--config YAML``, ``--regnet-arg A``
   passes ``A`` on, repeatable). Time: the process wall clock (import, read, register, write
   ddf / inverse_ddf / warped / overview / report) and ``report.json``'s
-  ``time_s.registration``. Labels: ``regnet.pipeline.apply_transform(..., "nearest")`` (what
-  ``regnet apply --interp nearest`` runs), field: ``ddf.nii.gz`` through ``regnet.io.load_ddf``.
+  ``time_s.registration``. Labels: ``regnet.pipeline.apply_transform(..., "label")`` (what
+  ``regnet apply --interp label`` runs: label-wise linear, as ANTs' ``genericLabel``), field:
+  ``ddf.nii.gz`` through ``regnet.io.load_ddf``.
 * ``ants_syn``: ``ants.registration(fixed, moving, type_of_transform="SyN")`` (ANTsPy's
   defaults: its affine stage, then SyN 40x20x0 with Mattes MI) in a child process. Time: the
   ``ants.registration`` call, and the process from its start to the moment the warped image
@@ -54,7 +55,7 @@ the fixed brain mask (labels 1..499), ``sdlogj_l2r`` (``regnet.metrics.sdlogj_le
 Learn2Reg's exact formula, whole grid), the folding fraction (det <= 0) on the whole grid and in
 the brain. Also ``dice_nearest``: the mean Dice with the moving labels sampled through the
 method's field by one common nearest-neighbour sampler (``regnet``'s), a check that the field
-is the one the method applied (ANTs' genericLabel scores a little higher than nearest).
+is the one the method applied (label-wise interpolation scores a little higher than nearest).
 Per method: means over the synthseg pairs that succeeded, ``dice30`` (mean of the lowest 30% of
 all (pair, structure) Dice values, ``regnet.metrics.dice30``) and ``dice30_l2r_quantile`` (the
 30th percentile of the per-pair mean Dice, what Learn2Reg's evaluation code aggregates).
@@ -178,7 +179,7 @@ def run_regnet(pair: Pair, work: Path, threads: int, config: Path | None, extra:
     report = json.loads((out / "report.json").read_text())
     from regnet.pipeline import apply_transform
 
-    labels = apply_transform(pair.fixed, pair.moving_seg, out, work / "regnet_labels.nii.gz", "nearest")
+    labels = apply_transform(pair.fixed, pair.moving_seg, out, work / "regnet_labels.nii.gz", "label")
     times = report.get("time_s", {})
     return {"process_s": process_s, "registration_s": times.get("registration"), "write_s": times.get("write"),
             "labels": labels, "ddf": out / "ddf.nii.gz", "command": " ".join(cmd[1:])}
