@@ -37,11 +37,13 @@ from collections.abc import Callable, Iterable
 
 import torch
 
+from regnet.registration.descent import NormalisedDescent
+
 #: Eager iterations (on a side stream) before the capture: lazy initialisation (Triton's
 #: compilation and caches, the optimiser's state, cached constants) happens in them.
 WARMUP = 3
 
-CAPTURABLE_OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW)
+CAPTURABLE_OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW, NormalisedDescent)
 
 
 def graph_wanted(setting: bool | None, device: torch.device, optimizer, functions: Iterable) -> bool:

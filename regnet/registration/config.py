@@ -5,7 +5,8 @@ arguments of :class:`~regnet.registration.affine.AffineRegistration` and
 :class:`~regnet.registration.syn.SyNRegistration`. Losses and optimisers are given by name
 (``dissimilarity_function: mse | lncc | mi``, or a mapping ``{name: lncc, kernel_size: 9}``;
 ``regularization_function: diffusion | bending | elastic``; ``optimizer: adam | adamw | sgd |
-rmsprop``). Unknown keys raise :class:`~regnet._checks.ConfigError` naming the key. Used by
+rmsprop | normalised``, the last :class:`~regnet.registration.descent.NormalisedDescent`).
+Unknown keys raise :class:`~regnet._checks.ConfigError` naming the key. Used by
 :func:`regnet.registration.world.register_images`, the MONAI registration transforms and
 ``regnet register --config``.
 
@@ -32,6 +33,7 @@ import torch
 
 from regnet._checks import ConfigError
 from regnet.registration.affine import AffineRegistration
+from regnet.registration.descent import NormalisedDescent
 from regnet.registration.syn import SyNRegistration
 
 __all__ = ["Config", "ConfigError", "jsonable", "load_config"]
@@ -64,7 +66,8 @@ def _loss_classes() -> dict[str, Any]:
 
 _SIMILARITIES = ("mse", "lncc", "local_ncc", "mi")
 _REGULARISERS = ("diffusion", "bending", "elastic")
-_OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "rmsprop": "RMSprop"}
+_OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "rmsprop": "RMSprop",
+               "normalised": "NormalisedDescent"}
 
 
 def _named_object(where: str, key: str, value, names: tuple[str, ...]):
@@ -95,6 +98,8 @@ def _convert(where: str, section: str, key: str, value):
     if key == "optimizer":
         if not isinstance(value, str) or value.lower() not in _OPTIMIZERS:
             raise ConfigError(f"{where}: '{full}' must be one of {', '.join(_OPTIMIZERS)}, got {value!r}")
+        if value.lower() == "normalised":
+            return NormalisedDescent
         return getattr(torch.optim, _OPTIMIZERS[value.lower()])
     if isinstance(value, list):
         return tuple(value)
