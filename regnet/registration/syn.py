@@ -252,13 +252,14 @@ class SyNRegistration(WithLevelOptions):
         grid = level_shape(shape, self._grid_factor)
         # Parameters are unsmoothed; velocities are their smoothed version. Between levels the
         # smoothed velocity is carried over (resized, in voxels of the new grid).
-        p_xy = torch.nn.Parameter(resize_field(self.v_xy, grid).clone())
-        p_yx = torch.nn.Parameter(resize_field(self.v_yx, grid).clone())
+        # One parameter for both sides, (2B, ndim, *grid): [v_xy; v_yx] (smoothed and
+        # exponentiated in one call each; the optimisers treat every batch item on its own).
+        velocities = torch.nn.Parameter(resize_field(torch.cat([self.v_xy, self.v_yx]), grid).clone())
         # learning_rate is in image voxels; the parameters are in velocity-grid voxels
         step = lr * (grid[0] - 1) / max(shape[0] - 1, 1)
         functions = [self.dissimilarity_function, self.regularization_function if self.lambda_ else None]
         graph = graph_wanted(self.cuda_graph, x.device, self.optimizer, functions)
-        optimizer = make_optimizer(self.optimizer, [p_xy, p_yx], step, capturable=graph)
+        optimizer = make_optimizer(self.optimizer, [velocities], step, capturable=graph)
         log = LossLog(iterations, description, self.verbose)
         # Losses are means over voxels (and pairs): per-voxel gradients of ~1/voxels would sit
         # near Adam's eps, which would then set the step size and couple the pairs of a batch.
@@ -268,8 +269,7 @@ class SyNRegistration(WithLevelOptions):
         images_xy = torch.cat([x, y])
 
         def iteration():
-            half = resize_field(ops.exp(torch.cat([self._velocity(p_xy), self._velocity(p_yx)]), self.time_steps,
-                                        padding_mode="border"), shape)
+            half = resize_field(ops.exp(self._velocity(velocities), self.time_steps, padding_mode="border"), shape)
             moved = ops.warp(images_xy, half)
             mask = self._halfway_mask(half, batch)
             loss = similarity(self.dissimilarity_function, moved[:batch], moved[batch:], mask)
@@ -283,8 +283,8 @@ class SyNRegistration(WithLevelOptions):
         run_level(iteration, optimizer, graph, log, iterations, self.check_every, self.tolerance)
         self.loss_history.append(log.values())
         with torch.no_grad():
-            self.v_xy = self._velocity(p_xy.detach())
-            self.v_yx = self._velocity(p_yx.detach())
+            smoothed = self._velocity(velocities.detach())
+            self.v_xy, self.v_yx = smoothed[:batch], smoothed[batch:]
 
     def _halfway_mask(self, half: torch.Tensor, batch: int) -> torch.Tensor | None:
         """The level's masks carried half-way by the current maps (moving by ``half[:B]``, static
