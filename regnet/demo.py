@@ -18,18 +18,9 @@ written as ``regnet register`` writes its output folder:
 ``DIR/2d/report.json`` and ``DIR/3d/report.json`` are the full reports. The whole folder is
 written atomically (:func:`regnet.pipeline.output_folder`).
 
-Settings are passed explicitly (:data:`DEMO_CONFIG`). Measured with torch 2.13 on the CPU
-of a shared 2-core machine while other jobs kept it busy (load ~3), with one torch thread
-(``OMP_NUM_THREADS=1``): ``regnet demo`` took 19 s in all (2D 3.7 s, 3D 14.9 s, of which
-SyN 14.2 s: 1.3, 4.6 and 8.0 s for its three levels) and printed::
-
-    case  size      NCC before  NCC after  MSE before  MSE after  Dice before  Dice after  folding  time s
-    2d    256x256   0.566       0.995      0.1033      0.0014     -            -           0.00%    3.7
-    3d    54x64x75  0.972       0.995      0.0049      0.0010     0.711        0.884       0.00%    14.9
-
-Under that load torch's default two threads were far slower (the run passed 60 s): OpenMP
-threads wait for each other when the cores are shared; on a busy machine set
-``OMP_NUM_THREADS=1``.
+Schedules are passed explicitly (:data:`DEMO_CONFIG`); the numbers and times of a run are in
+the README ("Two commands"). The command line makes OpenMP threads wait passively
+(:mod:`regnet._openmp`), so the demo keeps its speed on a machine whose cores are busy.
 """
 
 from __future__ import annotations
@@ -64,13 +55,12 @@ MAX_VELOCITY = 4.0
 BIAS = 0.1
 
 _AFFINE = {"scales": [4, 2], "iterations": [300, 100], "init": "com"}
-_SYN = {"learning_rate": 0.3, "sigma_flow": 2.0, "lambda_": 0.3}
-#: Explicit settings per case (``--config`` sections, see :func:`regnet.pipeline.load_config`);
-#: the SyN smoothing is ``configs/syn_brain.yaml``'s. Measured (one CPU thread): 2D global
-#: NCC 0.566 -> 0.990, 3D Dice 0.711 -> 0.875, no folding.
+#: Explicit schedules per case (``--config`` sections, see :func:`regnet.registration.load_config`);
+#: every other SyN setting is the default. Measured: 2D global NCC 0.566 -> 0.993, 3D Dice
+#: 0.711 -> 0.887, no folding.
 DEMO_CONFIG: dict[str, dict[str, Any]] = {
-    "2d": {"affine": _AFFINE, "syn": {"scales": [4, 2, 1], "iterations": [60, 40, 20], **_SYN}},
-    "3d": {"affine": _AFFINE, "syn": {"scales": [4, 2, 1], "iterations": [60, 40, 8], **_SYN}},
+    "2d": {"affine": _AFFINE, "syn": {"scales": [4, 2, 1], "iterations": [60, 40, 20]}},
+    "3d": {"affine": _AFFINE, "syn": {"scales": [4, 2, 1], "iterations": [60, 40, 8]}},
 }
 #: ``fast=True`` (tests): a few iterations, coarse levels only in 3D.
 FAST_CONFIG: dict[str, dict[str, Any]] = {
