@@ -74,7 +74,7 @@ def run(configs, pairs, spacing: int, threads: int, verbose: bool) -> dict:
             result = register_images(fixed, moving, "affine+syn", config, "cpu", verbose)
             seconds = time.perf_counter() - start
             with torch.no_grad():
-                warped = sample_moving(moving_seg, result.ddf.float(), fixed.affine, "nearest").long()
+                warped = sample_moving(moving_seg, result.ddf.float(), fixed.affine, "label").long()
             row = score(fixed_seg.data, moving_seg.data.long(), warped, result.ddf, brain)
             row.update(pair=f"{moving_id:02d}->{fixed_id:02d}", seconds=seconds,
                        syn_s=result.report["time_s"].get("syn", {}).get("total"))

@@ -65,8 +65,9 @@ def test_bench_brain_pairs_smoke(tiny_pairs, tmp_path):
         assert set(r["structures"]) <= set(SCORED_LABELS) and len(r["structures"]) >= 20
         assert 0 <= r["folding_fraction"] < 0.05 and 0 < r["sdlogj_l2r"] < r["sdlogj"] < 1
         assert 0 < r["registration_s"] <= r["process_s"]
-        # the field scored is the one the method applied: one common nearest sampler agrees
-        assert abs(r["dice_nearest"] - r["dice"]) < (1e-9 if r["method"] == "regnet" else 0.05)
+        # the field scored is the one the method applied: both warp labels label-wise (GenericLabel);
+        # one common nearest-neighbour sampler of the same field agrees up to the interpolation
+        assert abs(r["dice_nearest"] - r["dice"]) < 0.05
     for method in ("regnet", "ants_syn"):
         s = report["summary"][method]
         assert s["pairs"] == 2 and s["failed_pairs"] == []

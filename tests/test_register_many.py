@@ -6,7 +6,6 @@ the two-process (DDP) run is in tests/test_cohort_ddp.py."""
 from __future__ import annotations
 
 import csv
-import inspect
 import json
 import subprocess
 import sys
@@ -245,16 +244,19 @@ def test_unusable_lists_raise(tmp_path, images):
         register_many([], "affine")
 
 
-def test_masks_are_carried_and_used_only_when_register_images_takes_them(images, tmp_path):
-    pairs_csv = write_csv(tmp_path / "data" / "pairs.csv", [["atlas.nii.gz", "m1.nii.gz", "../out/m1", "atlas.nii.gz"]],
+def test_masks_are_carried_and_used(images, tmp_path):
+    image, affine = blob_image((16, 16), (9, 7))
+    write_nifti(tmp_path / "data" / "mask.nii.gz", (image > 20).astype(np.uint8), affine)
+    pairs_csv = write_csv(tmp_path / "data" / "pairs.csv",
+                          [["atlas.nii.gz", "m1.nii.gz", "../out/m1", "mask.nii.gz"],
+                           ["atlas.nii.gz", "m2.nii.gz", "../out/m2", "atlas.nii.gz"]],
                           header=("fixed", "moving", "out", "fixed_mask"))
-    pair = read_pairs_csv(pairs_csv)[0]
-    assert pair.fixed_mask == str(images["atlas"]) and pair.masks
-    rows = register_many([pair], "affine", config=TINY, verbose=False)
-    if "fixed_mask" in inspect.signature(register_images).parameters:
-        assert rows[0]["status"] == "done", rows[0]
-    else:
-        assert rows[0]["status"] == "failed" and "masks are not supported yet" in rows[0]["error"]
+    pairs = read_pairs_csv(pairs_csv)
+    assert pairs[0].fixed_mask == str(tmp_path / "data" / "mask.nii.gz") and pairs[0].masks
+    rows = register_many(pairs, "affine", config=TINY, verbose=False)
+    assert rows[0]["status"] == "done", rows[0]
+    # an intensity image given as a mask fails its own row with the reason, not the cohort
+    assert rows[1]["status"] == "failed" and "fixed_mask must be binary" in rows[1]["error"]
 
 
 def test_write_summary_is_atomic_and_complete(tmp_path):

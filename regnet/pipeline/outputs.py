@@ -26,6 +26,7 @@ Example::
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import shutil
@@ -156,10 +157,15 @@ def _score_labels(report: dict, labels: tuple[Image, Image], ddf: torch.Tensor, 
     present = sorted(set(torch.unique(target).tolist()) & set(torch.unique(source).tolist()) - {0})
     dice = dice_per_label(after, target, labels=present)
     hd95 = hausdorff95(after, target, labels=present, spacing=fixed.spacing)
+    # a structure absent after warping has no finite HD95: ``None`` (JSON null) in memory as on disk
     report["metrics"]["labels"] = {
-        str(v): {"dice": dice.get(v, 0.0), "hd95_mm": hd95.get(v)} for v in present
+        str(v): {"dice": dice.get(v, 0.0), "hd95_mm": _finite_or_none(hd95.get(v))} for v in present
     }
     return warped
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
 
 
 def write_report(path: Path, report: dict) -> None:
