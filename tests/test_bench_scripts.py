@@ -49,10 +49,10 @@ def test_bench_losses_quick_cpu(tmp_path):
 
     report = json.loads(out.read_text())
     assert report["benchmark"] == "bench_losses" and report["device"] == "cpu"
-    assert report["shapes"] == [[20, 24, 28]] and report["batch"] == 1
+    assert report["shapes"] == [[24, 28, 32]] and report["batch"] == 1
     assert report["repeats"] == 2 and report["mi_repeats"] == 2 and report["threads"] == 1
-    assert set(report["results"]) == {"20x24x28"}
-    per_loss = report["results"]["20x24x28"]
+    assert set(report["results"]) == {"24x28x32"}
+    per_loss = report["results"]["24x28x32"]
     assert set(per_loss) == {"lncc7", "mi"}
     for loss, r in per_loss.items():
         assert "skipped" not in r, (loss, r)
