@@ -83,6 +83,24 @@ def test_3d_runs_and_improves():
     assert [len(h) for h in reg.loss_history] == [10, 5] and len(reg.level_times) == 2
 
 
+def test_velocity_scale_per_level():
+    """One factor per level: each level's velocity grid is its images' grid divided by its factor
+    (level_shape: ceil), the velocity carried over between grids; (f, f) equals the scalar f."""
+    static = F.avg_pool3d(torch.rand(1, 1, 24, 28, 20), 3, stride=1, padding=1)
+    moving = ops.warp(static, ops.exp(_smooth_svf((24, 28, 20), 1.5, seed=7)))
+    reg = SyNRegistration(scales=(2, 1), iterations=(6, 3), velocity_scale=(1.0, 2.0), verbose=False)
+    moved, _, ddf, _ = reg(moving, static)
+    assert reg.velocity_scale == (1.0, 2.0) and reg.v_xy.shape == (1, 3, 12, 14, 10)  # 24 x 28 x 20 / 2
+    assert ddf.shape == (1, 3, 24, 28, 20) and _ncc(moved, static) > _ncc(moving, static)
+    same = [SyNRegistration(scales=(2, 1), iterations=(4, 2), velocity_scale=v, verbose=False)(moving, static)[2]
+            for v in (1.5, (1.5, 1.5))]
+    torch.testing.assert_close(same[0], same[1], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="velocity_scale must have one entry per scale"):
+        SyNRegistration(scales=(2, 1), velocity_scale=(1.0, 2.0, 3.0))
+    with pytest.raises(ValueError, match="velocity_scale must be numbers >= 1"):
+        SyNRegistration(scales=(2, 1), velocity_scale=(1.0, 0.5))
+
+
 def test_quiet_when_not_verbose(small_slice, capsys):
     _fast()(small_slice, small_slice)
     captured = capsys.readouterr()

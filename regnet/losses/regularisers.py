@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from regnet import _checks
+from regnet.losses._diffusion_energy import DiffusionEnergy
 from regnet.losses._reduce import check_reduction, reduce
 from regnet.ops._constants import constant
 
@@ -113,6 +114,8 @@ def diffusion(ddf: torch.Tensor, normalize: bool = False, reduction: str = "mean
     fn = "diffusion"
     _check_ddf(fn, ddf)
     check_reduction(fn, reduction)
+    if not normalize and reduction != "none":
+        return DiffusionEnergy.apply(ddf, reduction)  # the same, one autograd node
     spatial = ddf.shape[2:]
     energy = None
     for i in range(len(spatial)):

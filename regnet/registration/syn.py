@@ -103,8 +103,10 @@ class SyNRegistration(WithLevelOptions):
             :class:`~regnet.registration._adam.FusedAdam`.
         time_steps: scaling-and-squaring steps of ``exp``.
         velocity_scale: the velocity grid is this many times coarser than each level's image
-            grid (``1``: the image grid itself); ``None``: :func:`default_velocity_scale` (2 in
-            2D, 1.5 in 3D).
+            grid (``1``: the image grid itself); one value, or one per level (e.g. a
+            full-resolution level whose velocity stays on the previous level's grid: ``(1.5,
+            1.5, 3)`` with scales ``(4, 2, 1)``); ``None``: :func:`default_velocity_scale` (2
+            in 2D, 1.5 in 3D).
         tolerance: relative loss improvement over ``check_every`` iterations below which a
             level stops early (0 disables).
         verbose: tqdm bar per level with the loss.
@@ -136,7 +138,7 @@ class SyNRegistration(WithLevelOptions):
         sigma_flow: float = 1.0,
         lambda_: float | None = None,
         time_steps: int = 7,
-        velocity_scale: float | None = None,
+        velocity_scale: float | Sequence[float] | None = None,
         tolerance: float = 1e-4,
         check_every: int = 10,
         affine: bool | AffineRegistration = False,
@@ -153,9 +155,13 @@ class SyNRegistration(WithLevelOptions):
         self.sigma_flow = _checks.number(fn, "sigma_flow", sigma_flow, low=0.0)
         self.lambda_ = None if lambda_ is None else _checks.number(fn, "lambda_", lambda_, low=0.0)
         self.time_steps = _checks.non_negative_int(fn, "time_steps", time_steps)
-        if velocity_scale is not None and not (_checks.is_positive(velocity_scale) and velocity_scale >= 1):
-            raise ValueError(f"{fn}: velocity_scale must be a number >= 1, got {velocity_scale!r}")
-        self.velocity_scale = None if velocity_scale is None else float(velocity_scale)
+        if velocity_scale is None:
+            self.velocity_scale: float | tuple[float, ...] | None = None
+        else:
+            factors = _checks.per_level(fn, "velocity_scale", velocity_scale, len(self.scales),
+                                        lambda v: _checks.is_positive(v) and v >= 1, "numbers >= 1")
+            scalar = isinstance(velocity_scale, (int, float))
+            self.velocity_scale = float(factors[0]) if scalar else tuple(float(v) for v in factors)
         if not isinstance(affine, (bool, AffineRegistration)):
             raise TypeError(f"{fn}: affine must be a bool or an AffineRegistration, got {type(affine).__name__}")
         self.affine = affine
@@ -232,16 +238,18 @@ class SyNRegistration(WithLevelOptions):
             self.theta, self._affine_align_corners = affine.get_affine(), affine.align_corners
             if masks[1] is not None:
                 masks = [masks[0], affine.transform(masks[1].expand(moving.shape[0], -1, *masks[1].shape[2:]))]
-        self._grid_factor = self.velocity_scale or default_velocity_scale(ndim)
+        factors = self.velocity_scale or default_velocity_scale(ndim)
+        self._grid_factors = factors if isinstance(factors, tuple) else (factors,) * len(self.scales)
         self._lambda = default_regularisation(ndim) if self.lambda_ is None else self.lambda_
-        first = level_shape(level_shape(shape, self.scales[0]), self._grid_factor)
+        first = level_shape(level_shape(shape, self.scales[0]), self._grid_factors[0])
         zeros = static.new_zeros((static.shape[0], ndim, *first))
         self.v_xy = zeros if v_xy is None else v_xy.detach().to(static)
         self.v_yx = zeros.clone() if v_yx is None else v_yx.detach().to(static)
         self._static_shape = shape
         self.loss_history, self.level_times = [], []
         schedule = self.iterations or default_iterations(self.scales, ndim)
-        for scale, iterations, lr in zip(self.scales, schedule, self.learning_rates, strict=True):
+        for scale, iterations, lr, factor in zip(self.scales, schedule, self.learning_rates, self._grid_factors,
+                                                 strict=True):
             if iterations == 0:  # nothing to fit: the velocities stay on their grid
                 self.loss_history.append([])
                 self.level_times.append(0.0)
@@ -253,7 +261,7 @@ class SyNRegistration(WithLevelOptions):
             if self.sigma_img > 0:
                 x, y = ops.gaussian_smooth(x, self.sigma_img), ops.gaussian_smooth(y, self.sigma_img)
             with torch.enable_grad(), cpu_threads_for(y):  # also inside a caller's no_grad block
-                self._fit(x, y, iterations, lr, f"SyN {'x'.join(map(str, level))}")
+                self._fit(x, y, iterations, lr, factor, f"SyN {'x'.join(map(str, level))}")
             self.level_times.append(time.perf_counter() - start)
         if not return_moved:
             return None
@@ -263,9 +271,9 @@ class SyNRegistration(WithLevelOptions):
         batch = moving.shape[0]
         return moved[:batch], moved[batch:], ddf, inverse
 
-    def _fit(self, x, y, iterations, lr, description):
+    def _fit(self, x, y, iterations, lr, factor, description):
         shape = x.shape[2:]
-        grid = level_shape(shape, self._grid_factor)
+        grid = level_shape(shape, factor)
         # Parameters are unsmoothed; velocities are their smoothed version. Between levels the
         # smoothed velocity is carried over (resized, in voxels of the new grid).
         # One parameter for both sides, (2B, ndim, *grid): [v_xy; v_yx] (smoothed and
