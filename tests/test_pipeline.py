@@ -4,6 +4,7 @@ space across different grids, atomic output folders, config checks, ``apply`` re
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from importlib import resources
@@ -353,9 +354,23 @@ def test_config_names_and_defaults(tmp_path):
 def test_bundled_presets_load():
     from pathlib import Path
 
+    from regnet.registration import SyNRegistration
+    from regnet.registration.descent import NormalisedDescent
+    from regnet.registration.syn import default_iterations, default_regularisation, default_velocity_scale
+
     configs = Path(__file__).resolve().parents[1] / "configs"
-    for name in ("affine.yaml", "syn_brain.yaml"):
+    for name in ("affine.yaml", "syn_brain.yaml", "syn_brain_accurate.yaml"):
         load_config(configs / name)
+    # syn_brain.yaml spells out the 3D defaults: it must not drift from the code
+    syn = load_config(configs / "syn_brain.yaml").kwargs["syn"]
+    assert list(syn["iterations"]) == default_iterations(syn["scales"], 3)
+    assert syn["lambda_"] == default_regularisation(3) and syn["velocity_scale"] == default_velocity_scale(3)
+    defaults = inspect.signature(SyNRegistration).parameters
+    for key in ("learning_rate", "sigma_flow", "sigma_img", "time_steps", "tolerance", "check_every"):
+        assert syn[key] == defaults[key].default, key
+    assert syn["optimizer"] is NormalisedDescent and defaults["optimizer"].default is NormalisedDescent
+    accurate = load_config(configs / "syn_brain_accurate.yaml").kwargs["syn"]
+    assert accurate["scales"][-1] == 1 and accurate["iterations"][-1] > 0  # a full-resolution level
 
 
 def test_bad_config_fails_before_any_output(pngs, tmp_path):
