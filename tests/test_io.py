@@ -322,6 +322,15 @@ def test_save_is_atomic(tmp_path, monkeypatch):
         save_image(target, np.zeros((2, 2, 2), np.float32), np.eye(4))
     with pytest.raises(OSError, match="disk full"):
         save_image(tmp_path / "new.nii", np.zeros((2, 2, 2), np.float32), np.eye(4))
+    monkeypatch.setattr(rio.displacement.nib, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_ddf(tmp_path / "ddf.nii", np.zeros((3, 2, 2, 2)), np.eye(4))
+
+    def broken_gzip(fileobj, **kwargs):  # fields go to .nii.gz as stored gzip blocks, not through nib.save
+        fileobj.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(rio.displacement.gzip, "GzipFile", broken_gzip)
     with pytest.raises(OSError, match="disk full"):
         save_ddf(tmp_path / "ddf.nii.gz", np.zeros((3, 2, 2, 2)), np.eye(4))
     assert _listing(tmp_path) == ["out.nii.gz"]  # no temporary file, no partial new file

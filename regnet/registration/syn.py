@@ -12,10 +12,10 @@ composition in every iteration (2.1x the time) and was less accurate here
 
 **Velocity grid.** The velocities live on a grid ``velocity_scale`` (2 in 2D, 1.5 in 3D)
 times coarser than each level's image grid; ``exp`` runs on that grid and its displacement is
-upsampled linearly to the images (in 3D the full-resolution level runs only two iterations
-by default: each costs about ten half-resolution ones). The exponentials, a costly part (a 3D
-``grid_sample`` forward and backward per squaring), then cost ``velocity_scale ** ndim`` times
-less.
+upsampled linearly to the images (in 3D the finest level is half resolution by default, as
+in ANTs' default SyN: a full-resolution iteration costs about ten half-resolution ones). The
+exponentials, a costly part (a 3D ``grid_sample`` forward and backward per squaring), then
+cost ``velocity_scale ** ndim`` times less.
 
 All fields are regnet DDFs ``(B, ndim, *spatial)`` in voxels of the static grid (torchreg
 returns normalised, channel-last flows instead: ``flow_torchreg[..., k] = 2 * ddf[:, ndim - 1 -
@@ -44,16 +44,16 @@ from regnet.registration.syn_fields import full_maps, half_maps
 
 def default_iterations(scales: Sequence[float], ndim: int) -> list[int]:
     """Iterations per level when none are given: 30 (2D) / 40 (3D) at the coarsest level,
-    20 at the others, and at full resolution (scale <= 1, not the only level) 5 in 2D and 2
-    in 3D, where an iteration costs about 10x a half-resolution one; those two 3D iterations
-    add about 0.027 mean Dice on the brain pairs for about 1.6x the time
-    (``docs/registration.md``; ANTs' default SyN, ``40x20x0``, stops at half resolution)."""
+    20 at the others, and at full resolution (scale <= 1, not the only level) 5 in 2D and
+    none in 3D, where an iteration costs about 10x a half-resolution one (ANTs' default SyN,
+    ``40x20x0``, likewise stops at half resolution). Full-resolution iterations buy Dice for
+    time: ``configs/syn_brain_accurate.yaml`` and ``docs/registration.md``."""
     out = []
     for i, scale in enumerate(scales):
         if i == 0:
             out.append(40 if ndim == 3 else 30)
         elif scale <= 1:
-            out.append(2 if ndim == 3 else 5)
+            out.append(0 if ndim == 3 else 5)
         else:
             out.append(20)
     return out
@@ -87,8 +87,8 @@ class SyNRegistration(WithLevelOptions):
     ``check_every``):
         scales: pyramid factors of the images, coarse to fine.
         iterations: iterations per scale (a level may stop early, see ``tolerance``); one int
-            for all levels, one per scale, or ``None``: :func:`default_iterations` (in 3D
-            ``(40, 20, 2)``: two iterations at full resolution).
+            for all levels, one per scale, or ``None``: :func:`default_iterations` (ANTs'
+            schedule in 3D, ``(40, 20, 0)``: none at full resolution).
         learning_rate: the optimiser's step in voxels of each level's image grid (one value or
             one per scale): with :class:`~regnet.registration.descent.NormalisedDescent`, how far
             a step moves the velocity where its gradient is largest.
