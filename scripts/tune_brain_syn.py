@@ -68,7 +68,7 @@ def run(configs, pairs, spacing: int, threads: int, verbose: bool) -> dict:
         fixed, moving = load_image(fixed_files["t1"]), load_image(moving_files["t1"])
         fixed_seg = load_image(fixed_files["seg"], dtype=torch.int64)
         moving_seg = load_image(moving_files["seg"], dtype=None)
-        brain = (fixed_seg.data > 0)[:, :1]
+        brain = ((fixed_seg.data > 0) & (fixed_seg.data <= brain_pairs.BRAIN_MAX_LABEL))[:, :1]  # as bench_brain_pairs
         for name, config in configs:
             start = time.perf_counter()
             result = register_images(fixed, moving, "affine+syn", config, "cpu", verbose)

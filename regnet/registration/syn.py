@@ -62,8 +62,9 @@ def default_iterations(scales: Sequence[float], ndim: int) -> list[int]:
 def default_regularisation(ndim: int) -> float:
     """The regulariser's weight when none is given: 0.1 in 2D, 1 in 3D. Chosen with the
     normalised step on the measurements of ``docs/registration.md``: in 3D, 1 keeps the fields
-    as smooth as ANTs' SyN (SDlogJ) while staying more accurate on every brain pair; in 2D, 0.1
-    keeps the accuracy of the five brain2d pairs (higher weights cost NCC there)."""
+    smooth (SDlogJ; higher weights lose Dice) while staying more accurate than ANTs' SyN on
+    every brain pair; in 2D, 0.1 keeps the accuracy of the five brain2d pairs (higher weights
+    cost NCC there)."""
     return 0.1 if ndim == 2 else 1.0
 
 
