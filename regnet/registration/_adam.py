@@ -23,6 +23,7 @@ from collections.abc import Iterable
 import torch
 
 from regnet import _checks
+from regnet.registration.descent import zero_grads
 
 
 class FusedAdam:
@@ -62,11 +63,7 @@ class FusedAdam:
         self.state: dict[torch.Tensor, dict[str, torch.Tensor]] = {}
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        for p in self.param_groups[0]["params"]:
-            if set_to_none:
-                p.grad = None
-            elif p.grad is not None:
-                p.grad.zero_()
+        zero_grads(self.param_groups[0]["params"], set_to_none)
 
     @torch.no_grad()
     def step(self) -> None:

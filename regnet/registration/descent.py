@@ -33,6 +33,15 @@ import torch
 from regnet import _checks
 
 
+def zero_grads(params: Iterable[torch.Tensor], set_to_none: bool = True) -> None:
+    """``optimizer.zero_grad`` of regnet's own optimisers: drop (or zero) every ``.grad``."""
+    for p in params:
+        if set_to_none:
+            p.grad = None
+        elif p.grad is not None:
+            p.grad.zero_()
+
+
 class NormalisedDescent:
     """Gradient descent with steps normalised per batch item (see the module docstring).
 
@@ -62,11 +71,7 @@ class NormalisedDescent:
         self.state: dict = {}
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        for p in self.params:
-            if set_to_none:
-                p.grad = None
-            elif p.grad is not None:
-                p.grad.zero_()
+        zero_grads(self.params, set_to_none)
 
     @torch.no_grad()
     def step(self) -> None:
