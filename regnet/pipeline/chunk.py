@@ -18,7 +18,6 @@ Example::
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from typing import Any
@@ -111,11 +110,7 @@ class _Loaded:
 def _register_one(item: _Loaded, transform, config, device, verbose):
     if item.masks is None:
         return register_batch([item.fixed], [item.moving], transform, config, device, verbose)[0]
-    accepted = inspect.signature(register_images).parameters
-    if "fixed_mask" not in accepted or "moving_mask" not in accepted:
-        raise NotImplementedError("masks are not supported yet: this regnet's register_images takes no "
-                                  "fixed_mask/moving_mask; remove the mask columns or update regnet")
-    fixed_mask, moving_mask = item.masks
+    fixed_mask, moving_mask = item.masks  # pairs with masks run one by one (their own batch key)
     return register_images(item.fixed, item.moving, transform, config, device, verbose, fixed_mask=fixed_mask,
                            moving_mask=moving_mask)
 
