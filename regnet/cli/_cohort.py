@@ -38,7 +38,8 @@ def add_options(parser: argparse.ArgumentParser, transform_default: str = "affin
 
 
 def check(command: str, args: argparse.Namespace) -> int:
-    """0, or the exit status after reporting a bad option (before the slow imports)."""
+    """0, or the exit status after reporting a bad option or a missing CUDA device (before the
+    slow imports)."""
     if args.batch_size is not None and args.batch_size < 1:
         error(command, f"--batch-size must be >= 1, got {args.batch_size}")
         return 2
@@ -52,7 +53,7 @@ def check(command: str, args: argparse.Namespace) -> int:
             error(command, "--devices/--num-nodes/--strategy/--accelerator need pytorch-lightning: "
                            "pip install 'regnet[train]'")
             return 2
-    return 0
+    return 2 if cuda_missing(command, args) else 0
 
 
 def cuda_missing(command: str, args: argparse.Namespace) -> bool:

@@ -70,8 +70,6 @@ def run(args: argparse.Namespace, start: float) -> int:
     status = _cohort.check(COMMAND, args)
     if status:
         return status
-    if _cohort.cuda_missing(COMMAND, args):
-        return 2
     from regnet.pipeline.many import register_many
     from regnet.pipeline.pairs import pairs_from_folder, read_pairs_csv
 

@@ -51,8 +51,6 @@ def run(args: argparse.Namespace, start: float) -> int:
     status = _cohort.check(COMMAND, args)
     if status:
         return status
-    if _cohort.cuda_missing(COMMAND, args):
-        return 2
     from regnet.pipeline.template import build_template
 
     try:
