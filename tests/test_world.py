@@ -390,3 +390,25 @@ def test_world_errors():
         resample_to(Image(torch.zeros(1, 1, 4, 4, 4), eye), (4, 4, 4), eye, mode="bicubic")
     with pytest.raises(ValueError, match=r"ddf must have shape \(B, 3, \*spatial\)"):
         ddf_to_world(torch.zeros(1, 2, 4, 4, 4), eye)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.int16, torch.uint8])
+@pytest.mark.parametrize("size", [1, 2, 7, 200, 1001, 40_000])
+def test_intensity_range_equals_numpy_percentile(dtype, size):
+    from regnet.registration.world import PERCENTILES, intensity_range
+
+    generator = torch.Generator().manual_seed(size)
+    data = (torch.randn(1, 1, size, generator=generator, dtype=torch.float64) * 50 + 100).clamp(0, 255)
+    data = data.round().to(dtype) if not dtype.is_floating_point else data.to(dtype)
+    expected = np.percentile(data.numpy().astype(np.float64).ravel(), PERCENTILES)
+    low, high = intensity_range(data)
+    if not expected[1] > expected[0]:  # a constant-ish image: min and max
+        expected = [float(data.min()), float(data.max())]
+    assert (low, high) == (float(expected[0]), float(expected[1]))  # the same numbers, bit for bit
+
+
+def test_intensity_range_rejects_non_finite():
+    from regnet.registration.world import intensity_range
+
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        intensity_range(torch.tensor([[[1.0, float("nan"), 2.0]]]))

@@ -61,11 +61,29 @@ PERCENTILES = (0.5, 99.5)
 # --- intensities ---------------------------------------------------------------------------
 
 def intensity_range(image: torch.Tensor) -> tuple[float, float]:
-    """The robust range (:data:`PERCENTILES`) of an image; min/max when that is empty."""
-    values = image.detach().to("cpu", torch.float64).numpy().ravel()
+    """The robust range (:data:`PERCENTILES`) of an image; min/max when that is empty.
+
+    Equal to ``np.percentile(values in float64, PERCENTILES)`` (its default "linear" method,
+    the same formula and rounding), but selects the few order statistics it reads with one
+    ``np.partition`` in the image's own float dtype: no float64 copy of the volume (a 1 mm
+    brain: 0.03 s instead of 0.1-0.6 s).
+    """
+    values = image.detach().cpu().numpy().ravel()
+    if values.dtype not in (np.float32, np.float64):
+        values = values.astype(np.float64)
     if not np.all(np.isfinite(values)):
         raise ValueError("the image contains NaN or infinite values")
-    low, high = (float(v) for v in np.percentile(values, PERCENTILES))
+    n = values.size
+    q = np.asarray(PERCENTILES, dtype=np.float64) / 100
+    virtual = n * q + (1 + q * (1 - 1 - 1)) - 1  # numpy's virtual index, alpha = beta = 1
+    previous = np.floor(virtual)
+    gamma = virtual - previous
+    below = previous.astype(np.intp).clip(0, n - 1)
+    above = (below + 1).clip(0, n - 1)
+    ordered = np.partition(values, np.unique(np.concatenate([below, above])))
+    a, b = ordered[below].astype(np.float64), ordered[above].astype(np.float64)
+    diff = b - a
+    low, high = (float(v) for v in np.where(gamma >= 0.5, b - diff * (1 - gamma), a + diff * gamma))
     if not high > low:
         low, high = float(values.min()), float(values.max())
     return low, high

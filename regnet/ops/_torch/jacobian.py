@@ -11,14 +11,15 @@ from typing import cast
 import torch
 
 
-def diff(f: torch.Tensor, dim: int) -> torch.Tensor:
-    """Derivative of ``f`` along ``dim`` (unit spacing), as ``numpy.gradient``."""
+def diff(f: torch.Tensor, dim: int, offset: float = 0.0) -> torch.Tensor:
+    """Derivative of ``f`` along ``dim`` (unit spacing), as ``numpy.gradient``, plus ``offset``
+    (1 on the diagonal of a Jacobian). Written in place into one output tensor."""
     n = f.shape[dim]
     out = torch.empty_like(f)
-    out.narrow(dim, 1, n - 2).copy_((f.narrow(dim, 2, n - 2) - f.narrow(dim, 0, n - 2)) / 2)
-    out.narrow(dim, 0, 1).copy_(f.narrow(dim, 1, 1) - f.narrow(dim, 0, 1))
-    out.narrow(dim, n - 1, 1).copy_(f.narrow(dim, n - 1, 1) - f.narrow(dim, n - 2, 1))
-    return out
+    torch.sub(f.narrow(dim, 2, n - 2), f.narrow(dim, 0, n - 2), out=out.narrow(dim, 1, n - 2)).mul_(0.5)
+    torch.sub(f.narrow(dim, 1, 1), f.narrow(dim, 0, 1), out=out.narrow(dim, 0, 1))
+    torch.sub(f.narrow(dim, n - 1, 1), f.narrow(dim, n - 2, 1), out=out.narrow(dim, n - 1, 1))
+    return out.add_(offset) if offset else out
 
 
 def diff_transpose(g: torch.Tensor, dim: int) -> torch.Tensor:
@@ -39,22 +40,24 @@ def diff_transpose(g: torch.Tensor, dim: int) -> torch.Tensor:
 def _jacobian(ddf):
     """``J[i][j] = delta_ij + d u_i / d x_j`` as nested lists of ``(B, *spatial)`` tensors."""
     ndim = ddf.shape[1]
-    return [[diff(ddf[:, i], j + 1) + (1.0 if i == j else 0.0) for j in range(ndim)] for i in range(ndim)]
+    return [[diff(ddf[:, i], j + 1, 1.0 if i == j else 0.0) for j in range(ndim)] for i in range(ndim)]
 
 
 def _cofactor(J, i, j):
-    """Cofactor ``C_ij = d det(J) / d J_ij``."""
+    """Cofactor ``C_ij = d det(J) / d J_ij`` (a new tensor)."""
     if len(J) == 2:
-        return (1.0 if i == j else -1.0) * J[1 - i][1 - j]
+        return J[1 - i][1 - j].clone() if i == j else -J[1 - i][1 - j]
     r0, r1 = [r for r in range(3) if r != i]
     c0, c1 = [c for c in range(3) if c != j]
-    sign = 1.0 if (i + j) % 2 == 0 else -1.0
-    return sign * (J[r0][c0] * J[r1][c1] - J[r0][c1] * J[r1][c0])
+    out = torch.mul(J[r0][c0], J[r1][c1]).sub_(torch.mul(J[r0][c1], J[r1][c0]))
+    return out if (i + j) % 2 == 0 else out.neg_()
 
 
 def jacobian_det_forward(ddf: torch.Tensor) -> torch.Tensor:
     J = _jacobian(ddf)
-    det = sum(J[0][j] * _cofactor(J, 0, j) for j in range(len(J)))  # expansion along row 0
+    det = _cofactor(J, 0, 0).mul_(J[0][0])  # expansion along row 0
+    for j in range(1, len(J)):
+        det.add_(_cofactor(J, 0, j).mul_(J[0][j]))
     return det.unsqueeze(1)
 
 

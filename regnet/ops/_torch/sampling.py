@@ -159,18 +159,19 @@ def ddf_to_grid(ddf: torch.Tensor) -> torch.Tensor:
     """Sampling grid ``(B, *spatial, ndim)`` for ``grid_sample(..., align_corners=True)``.
 
     Same arithmetic as MONAI's ``Warp``: ``(index + u) * 2 / max(n - 1, 1) - 1`` per axis,
-    last dimension in reversed axis order ``(x, y[, z])``.
+    last dimension in reversed axis order ``(x, y[, z])``. Each column is computed in place in
+    one contiguous temporary and copied into the grid once (no ``stack`` of columns).
     """
     spatial = ddf.shape[2:]
     ndim = len(spatial)
-    columns = []
-    for axis in reversed(range(ndim)):
+    grid = torch.empty((ddf.shape[0], *spatial, ndim), dtype=ddf.dtype, device=ddf.device)
+    for column, axis in enumerate(reversed(range(ndim))):
         n = spatial[axis]
         view = [1] * ndim
         view[axis] = n
         index = torch.arange(n, dtype=ddf.dtype, device=ddf.device).view(view)
-        columns.append((ddf[:, axis] + index) * 2 / max(n - 1, 1) - 1)
-    return torch.stack(columns, dim=-1)
+        grid[..., column] = (ddf[:, axis] + index).mul_(2).div_(max(n - 1, 1)).sub_(1)
+    return grid
 
 
 def grid_grad_to_ddf(grad_grid: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
