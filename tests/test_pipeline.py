@@ -344,6 +344,11 @@ def test_config_names_and_defaults(tmp_path):
     assert isinstance(config.build("syn", verbose=False).dissimilarity_function, LocalNCCLoss)
     settings = config.settings("syn")
     assert settings["regularization_function"] == "bending" and settings["scales"] == [4, 2, 1]
+    # SyN's default regulariser depends on the dimension: reported resolved when ndim is known
+    defaults = load_config(None)
+    assert defaults.settings("syn")["regularization_function"] is None
+    assert "divergence_weight=4.0" in defaults.settings("syn", 3)["regularization_function"]
+    assert "divergence_weight" not in defaults.settings("syn", 2)["regularization_function"]
     assert load_config(None).kwargs == {"affine": {}, "syn": {}}
     (tmp_path / "empty.yaml").write_text("")
     assert load_config(tmp_path / "empty.yaml").kwargs == {"affine": {}, "syn": {}}
@@ -356,7 +361,12 @@ def test_bundled_presets_load():
 
     from regnet.registration import SyNRegistration
     from regnet.registration.descent import NormalisedDescent
-    from regnet.registration.syn import default_iterations, default_regularisation, default_velocity_scale
+    from regnet.registration.syn import (
+        default_iterations,
+        default_regularisation,
+        default_regulariser,
+        default_velocity_scale,
+    )
 
     configs = Path(__file__).resolve().parents[1] / "configs"
     for name in ("affine.yaml", "syn_brain.yaml", "syn_brain_accurate.yaml"):
@@ -365,6 +375,7 @@ def test_bundled_presets_load():
     syn = load_config(configs / "syn_brain.yaml").kwargs["syn"]
     assert list(syn["iterations"]) == default_iterations(syn["scales"], 3)
     assert syn["lambda_"] == default_regularisation(3) and syn["velocity_scale"] == default_velocity_scale(3)
+    assert repr(syn["regularization_function"]) == repr(default_regulariser(3))
     defaults = inspect.signature(SyNRegistration).parameters
     for key in ("learning_rate", "sigma_flow", "sigma_img", "time_steps", "tolerance", "check_every"):
         assert syn[key] == defaults[key].default, key

@@ -191,7 +191,7 @@ def _register_batch(fixed: list[Image], moving: list[Image], transform: str, con
         reg(affined, static, return_moved=False)
         syn_ddf, syn_inverse = reg.fields()
         fields_time = time.perf_counter() - start_syn - sum(reg.level_times)
-        shared["settings"]["syn"] = config.settings("syn")
+        shared["settings"]["syn"] = config.settings("syn", ndim)
         shared["loss_history"]["syn"] = reg.loss_history
         shared["time_s"]["syn"] = {"levels": reg.level_times,
                                    "total": prepare_syn + sum(reg.level_times) + fields_time}

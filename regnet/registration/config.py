@@ -133,8 +133,9 @@ class Config:
     def build(self, stage: str, verbose: bool):
         return _CLASSES[stage](verbose=verbose, **self.kwargs[stage])
 
-    def settings(self, stage: str) -> dict[str, Any]:
-        """Every constructor argument of ``stage`` (given or default), JSON-ready."""
+    def settings(self, stage: str, ndim: int | None = None) -> dict[str, Any]:
+        """Every constructor argument of ``stage`` (given or default), JSON-ready. With
+        ``ndim``, defaults that depend on it (SyN's regulariser) are reported as resolved."""
         params = inspect.signature(_CLASSES[stage].__init__).parameters
         built = self.build(stage, verbose=False)
         out = {}
@@ -144,6 +145,8 @@ class Config:
             value = self.given[stage].get(name, param.default)
             if value is None and name.endswith("_function"):  # a default the class fills in
                 value = getattr(built, name, None)
+                if value is None and ndim is not None and hasattr(built, f"default_{name}"):
+                    value = getattr(built, f"default_{name}")(ndim)
             out[name] = jsonable(value)
         return out
 

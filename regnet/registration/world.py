@@ -346,7 +346,7 @@ def _register_images(fixed: Image, moving: Image, transform: str, config, device
         reg(affined, fixed_n, return_moved=False, **masks(identity if matrix is None else matrix))
         syn_ddf, syn_inverse = reg.fields()
         fields_time = time.perf_counter() - start_syn - sum(reg.level_times)
-        report["settings"]["syn"] = config.settings("syn")
+        report["settings"]["syn"] = config.settings("syn", ndim)
         report["loss_history"]["syn"] = reg.loss_history
         report["time_s"]["syn"] = {"levels": reg.level_times, "total": prepare + sum(reg.level_times) + fields_time}
     ddf = total_ddf(matrix, syn_ddf, shape, fixed.affine, device=dev)
