@@ -68,3 +68,17 @@ def test_float32_gradient_matches_autograd_of_numpy_style_formula():
 def test_bad_input(ddf, match):
     with pytest.raises(ValueError, match=match):
         ops.jacobian_det(ddf)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("slab", [1, 7, 40])
+def test_slabbed_forward_is_identical(monkeypatch, ndim, slab):
+    """Large fields run in slabs with a halo: the same numbers as the whole field at once."""
+    from regnet.ops._torch import jacobian as reference
+
+    shape = (2, ndim, 11, 9, 8)[: 2 + ndim]
+    ddf = torch.randn(*shape, dtype=torch.float64)
+    whole = reference.jacobian_det_forward(ddf)
+    plane = int(torch.Size(shape[3:]).numel())
+    monkeypatch.setattr(reference, "SLAB_VOXELS", slab * plane)
+    assert torch.equal(reference.jacobian_det_forward(ddf), whole)

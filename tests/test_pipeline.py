@@ -349,6 +349,9 @@ def test_config_names_and_defaults(tmp_path):
     assert defaults.settings("syn")["regularization_function"] is None
     assert "divergence_weight=4.0" in defaults.settings("syn", 3)["regularization_function"]
     assert "divergence_weight" not in defaults.settings("syn", 2)["regularization_function"]
+    three, two = defaults.settings("syn", 3), defaults.settings("syn", 2)
+    assert (three["time_steps"], three["lambda_"], three["iterations"]) == (5, 0.5, [40, 20, 0])
+    assert (two["time_steps"], two["lambda_"], two["iterations"]) == (7, 0.1, [30, 20, 5])
     assert load_config(None).kwargs == {"affine": {}, "syn": {}}
     (tmp_path / "empty.yaml").write_text("")
     assert load_config(tmp_path / "empty.yaml").kwargs == {"affine": {}, "syn": {}}
@@ -365,6 +368,7 @@ def test_bundled_presets_load():
         default_iterations,
         default_regularisation,
         default_regulariser,
+        default_time_steps,
         default_velocity_scale,
     )
 
@@ -377,7 +381,8 @@ def test_bundled_presets_load():
     assert syn["lambda_"] == default_regularisation(3) and syn["velocity_scale"] == default_velocity_scale(3)
     assert repr(syn["regularization_function"]) == repr(default_regulariser(3))
     defaults = inspect.signature(SyNRegistration).parameters
-    for key in ("learning_rate", "sigma_flow", "sigma_img", "time_steps", "tolerance", "check_every"):
+    assert syn["time_steps"] == default_time_steps(3)
+    for key in ("learning_rate", "sigma_flow", "sigma_img", "tolerance", "check_every"):
         assert syn[key] == defaults[key].default, key
     assert syn["optimizer"] is NormalisedDescent and defaults["optimizer"].default is NormalisedDescent
     accurate = load_config(configs / "syn_brain_accurate.yaml").kwargs["syn"]

@@ -412,3 +412,19 @@ def test_intensity_range_rejects_non_finite():
 
     with pytest.raises(ValueError, match="NaN or infinite"):
         intensity_range(torch.tensor([[[1.0, float("nan"), 2.0]]]))
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_sample_moving_in_slabs_is_identical(monkeypatch, mode):
+    """sample_moving runs in slabs along the first axis: the same samples as all at once."""
+    from regnet.registration import world
+
+    generator = torch.Generator().manual_seed(3)
+    moving = Image(torch.rand(1, 2, 9, 10, 11, generator=generator, dtype=torch.float64),
+                   np.diag([1.1, 0.9, 1.3, 1.0]))
+    ddf = torch.randn(1, 3, 7, 8, 6, generator=generator, dtype=torch.float64) * 2
+    fixed_affine = np.array([[1.0, 0.1, 0, -1], [0, 1.2, 0, 0.5], [0, 0, 0.9, 2], [0, 0, 0, 1]])
+    whole = world.sample_moving(moving, ddf, fixed_affine, mode)
+    for rows in (1, 3):
+        monkeypatch.setattr(world, "SAMPLE_SLAB_VOXELS", rows * 8 * 6)
+        assert torch.equal(world.sample_moving(moving, ddf, fixed_affine, mode), whole)

@@ -56,7 +56,9 @@ def save_ddf(path: str | os.PathLike, ddf: torch.Tensor | np.ndarray, fixed_affi
         raise ValueError(f"{fn}: {path}: a DDF is written as NIfTI (.nii or .nii.gz), got {suffix(path)!r}")
     affine = _checks.affine_matrix(fn, "fixed_affine", fixed_affine)
     ndim = affine.shape[0] - 1
-    arr = to_numpy(fn, "ddf", ddf).astype(np.float64)
+    arr = to_numpy(fn, "ddf", ddf)
+    if not np.issubdtype(arr.dtype, np.floating):
+        arr = arr.astype(np.float64)
     if arr.ndim == ndim + 2:
         if arr.shape[0] != 1:
             raise ValueError(f"{fn}: ddf must have batch size 1 to be saved, got shape {arr.shape}")
@@ -66,7 +68,7 @@ def save_ddf(path: str | os.PathLike, ddf: torch.Tensor | np.ndarray, fixed_affi
             f"{fn}: ddf must have shape (1, {ndim}, *spatial) or ({ndim}, *spatial) for a "
             f"{ndim + 1}x{ndim + 1} fixed_affine, got {tuple(arr.shape)}"
         )
-    if not np.all(np.isfinite(arr)):
+    if not np.isfinite(arr.sum(dtype=np.float64)) and not np.all(np.isfinite(arr)):  # the sum: no full-size mask
         raise ValueError(f"{fn}: ddf contains NaN or infinite values")
     vectors = _to_file(torch.from_numpy(arr), affine)  # (*spatial, ndim) float32, LPS mm
     if ndim == 2:
@@ -75,7 +77,7 @@ def save_ddf(path: str | os.PathLike, ddf: torch.Tensor | np.ndarray, fixed_affi
     else:
         vectors = vectors[:, :, :, None, :]
         affine4 = affine
-    img = nib.Nifti1Image(np.ascontiguousarray(vectors), affine4)
+    img = nib.Nifti1Image(np.asfortranarray(vectors), affine4)  # Fortran order already: no copy
     img.header.set_xyzt_units("mm", "sec")
     img.set_sform(affine4, code=1)
     img.set_qform(affine4, code=1)
@@ -143,11 +145,21 @@ def load_ddf(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> tup
 
 def _to_file(ddf: torch.Tensor, affine: np.ndarray) -> np.ndarray:
     """Voxel DDF ``(ndim, *spatial)`` -> the stored vectors ``(*spatial, ndim)``: float32 world
-    displacement in LPS mm (computed in float64)."""
+    displacement in LPS mm (computed in float64), laid out in Fortran order, NIfTI's order on
+    disk, so that writing it is a plain copy (nibabel otherwise transposes the whole field
+    element by element: 0.4 s of a 1 mm brain field's 0.8 s write)."""
     ndim = affine.shape[0] - 1
-    linear = torch.as_tensor(affine[:ndim, :ndim] * _LPS[ndim][:, None], dtype=torch.float64)
-    world = torch.einsum("ij,j...->...i", linear, ddf.to(torch.float64))  # (*spatial, ndim), LPS mm
-    return world.to(torch.float32).numpy()
+    linear = affine[:ndim, :ndim] * _LPS[ndim][:, None]
+    spatial = tuple(ddf.shape[1:])
+    reverse = tuple(range(ndim - 1, -1, -1))
+    out = torch.empty((ndim, *spatial[::-1]), dtype=torch.float32)  # C order of the reversed axes = F order
+    components = [ddf[j].to(torch.float64) for j in range(ndim)]
+    for i in range(ndim):
+        world = components[0] * float(linear[i, 0])
+        for j in range(1, ndim):
+            world.add_(components[j], alpha=float(linear[i, j]))
+        out[i] = world.permute(reverse)
+    return out.numpy().transpose(*range(ndim, -1, -1))  # (*spatial, ndim), Fortran-contiguous
 
 
 def _from_file(vectors: np.ndarray, affine: np.ndarray, lps: bool) -> torch.Tensor:

@@ -44,7 +44,7 @@ def _inside(det: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 
 def _std_log_positive(det: torch.Tensor) -> torch.Tensor:
-    positive = det[det > 0]
+    positive = det if bool((det > 0).all()) else det[det > 0]  # no compaction copy without folding
     return positive.log().std(correction=0) if positive.numel() else det.new_tensor(math.nan)
 
 

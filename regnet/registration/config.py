@@ -145,8 +145,8 @@ class Config:
             value = self.given[stage].get(name, param.default)
             if value is None and name.endswith("_function"):  # a default the class fills in
                 value = getattr(built, name, None)
-                if value is None and ndim is not None and hasattr(built, f"default_{name}"):
-                    value = getattr(built, f"default_{name}")(ndim)
+            if value is None and ndim is not None and callable(getattr(built, f"default_{name}", None)):
+                value = getattr(built, f"default_{name}")(ndim)  # a default that depends on ndim
             out[name] = jsonable(value)
         return out
 

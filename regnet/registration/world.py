@@ -30,6 +30,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,7 @@ from regnet.geometry import (
     matrix_to_ddf,
     sample_at_voxels,
     sample_labels_at_voxels,
+    sampling_dtype,
     theta_to_world,
     voxel_grid,
     world_to_theta,
@@ -56,6 +58,7 @@ from regnet.registration.initialisation import world_centre_of_mass
 TRANSFORMS = ("affine", "syn", "affine+syn")
 #: Percentiles mapped to 0 and 1 by the intensity normalisation used for the optimisation.
 PERCENTILES = (0.5, 99.5)
+SAMPLE_SLAB_VOXELS = 1 << 20  # output voxels per slab in sample_moving
 
 
 # --- intensities ---------------------------------------------------------------------------
@@ -136,11 +139,23 @@ def sample_moving(moving: Image, ddf: torch.Tensor, fixed_affine, mode: str = "b
     ndim = ddf.shape[1]
     if moving.ndim != ndim:
         raise ValueError(f"sample_moving: the moving image is {moving.ndim}D but the transform is {ndim}D")
-    points = voxel_grid(ddf.shape[2:], ddf.device) + ddf[0].to(torch.float64)
     to_voxels = np.linalg.inv(moving.affine) @ np.asarray(fixed_affine, dtype=np.float64)
+    shape = tuple(ddf.shape[2:])
     if mode == "label":
+        points = voxel_grid(shape, ddf.device) + ddf[0].to(torch.float64)
         return sample_labels_at_voxels(moving.data, points, to_voxels)
-    return sample_at_voxels(moving.data, points, to_voxels, mode, padding_mode)
+    # In slabs along the first axis: the same points and samples, without full-size float64
+    # point grids (a 1 mm brain: two 168 MB temporaries).
+    data = moving.data.to(ddf.device, sampling_dtype(moving.data, mode))
+    rows = max(1, SAMPLE_SLAB_VOXELS // max(1, math.prod(shape[1:])))
+    slabs = []
+    for start in range(0, shape[0], rows):
+        stop = min(shape[0], start + rows)
+        points = voxel_grid((stop - start, *shape[1:]), ddf.device)
+        points[0] += start
+        points += ddf[0, :, start:stop]
+        slabs.append(sample_at_voxels(data, points, to_voxels, mode, padding_mode))
+    return slabs[0] if len(slabs) == 1 else torch.cat(slabs, dim=2)
 
 
 # --- registration in memory ----------------------------------------------------------------
