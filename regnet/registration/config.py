@@ -135,7 +135,7 @@ class Config:
 
     def settings(self, stage: str, ndim: int | None = None) -> dict[str, Any]:
         """Every constructor argument of ``stage`` (given or default), JSON-ready. With
-        ``ndim``, defaults that depend on it (SyN's regulariser) are reported as resolved."""
+        ``ndim``, defaults that depend on it (SyN's ``default_for``) are reported as resolved."""
         params = inspect.signature(_CLASSES[stage].__init__).parameters
         built = self.build(stage, verbose=False)
         out = {}
@@ -145,8 +145,8 @@ class Config:
             value = self.given[stage].get(name, param.default)
             if value is None and name.endswith("_function"):  # a default the class fills in
                 value = getattr(built, name, None)
-            if value is None and ndim is not None and callable(getattr(built, f"default_{name}", None)):
-                value = getattr(built, f"default_{name}")(ndim)  # a default that depends on ndim
+            if value is None and ndim is not None and hasattr(built, "default_for"):
+                value = built.default_for(name, ndim)  # a default that depends on ndim
             out[name] = jsonable(value)
         return out
 

@@ -193,27 +193,16 @@ class SyNRegistration(WithLevelOptions):
         self.affine = affine
         self.reset()
 
-    # Defaults that depend on the dimension, resolved at the call (and named in reports through
-    # ``Config.settings(stage, ndim)``): ``default_<argument>(ndim)``.
-    @staticmethod
-    def default_regularization_function(ndim: int) -> Callable:
-        """The regulariser used when ``regularization_function`` is ``None``: :func:`default_regulariser`."""
-        return default_regulariser(ndim)
-
-    @staticmethod
-    def default_lambda_(ndim: int) -> float:
-        return default_regularisation(ndim)
-
-    @staticmethod
-    def default_time_steps(ndim: int) -> int:
-        return default_time_steps(ndim)
-
-    @staticmethod
-    def default_velocity_scale(ndim: int) -> float:
-        return default_velocity_scale(ndim)
-
-    def default_iterations(self, ndim: int) -> list[int]:
-        return default_iterations(self.scales, ndim)
+    def default_for(self, name: str, ndim: int):
+        """The value that the constructor argument ``name``, left ``None``, takes for ``ndim``-D
+        images (``Config.settings(stage, ndim)`` reports it), or ``None`` when the argument has
+        no dimension-dependent default."""
+        resolve = {"iterations": lambda: default_iterations(self.scales, ndim),
+                   "lambda_": lambda: default_regularisation(ndim),
+                   "regularization_function": lambda: default_regulariser(ndim),
+                   "time_steps": lambda: default_time_steps(ndim),
+                   "velocity_scale": lambda: default_velocity_scale(ndim)}.get(name)
+        return None if resolve is None else resolve()
 
     def reset(self) -> None:
         """Forget the fields of an earlier call."""
@@ -292,7 +281,7 @@ class SyNRegistration(WithLevelOptions):
         factors = self.velocity_scale or default_velocity_scale(ndim)
         self._grid_factors = factors if isinstance(factors, tuple) else (factors,) * len(self.scales)
         self._lambda = default_regularisation(ndim) if self.lambda_ is None else self.lambda_
-        self._regulariser = self.regularization_function or self.default_regularization_function(ndim)
+        self._regulariser = self.regularization_function or default_regulariser(ndim)
         first = level_shape(level_shape(shape, self.scales[0]), self._grid_factors[0])
         zeros = static.new_zeros((static.shape[0], ndim, *first))
         self.v_xy = zeros if v_xy is None else v_xy.detach().to(static)
