@@ -336,11 +336,14 @@ class SyNRegistration(WithLevelOptions):
 
         def iteration():
             half = resize_field(ops.exp(self._velocity(velocities), steps, padding_mode="border"), shape)
-            moved = ops.warp(images_xy, half)
+            # split, not [:batch] / [batch:]: the backward of split concatenates the two
+            # gradients, where each slice's backward would zero-fill a full-size buffer
+            moved_x, moved_y = ops.warp(images_xy, half).split(batch)
             mask = self._halfway_mask(half, batch)
-            loss = similarity(self.dissimilarity_function, moved[:batch], moved[batch:], mask)
+            loss = similarity(self.dissimilarity_function, moved_x, moved_y, mask)
             if self._lambda:
-                regulariser = self._regulariser(half[:batch]) + self._regulariser(half[batch:])
+                half_x, half_y = half.split(batch)
+                regulariser = self._regulariser(half_x) + self._regulariser(half_y)
                 loss = loss + self._lambda * regulariser
             (loss * gradient_scale).backward()
             optimizer.step()
