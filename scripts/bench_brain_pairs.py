@@ -8,8 +8,10 @@ Pairs (moving -> fixed)
   maps of ``../shared/data/synthseg`` by ``scripts/brain_pairs.py`` (tissue means, bias field,
   noise, blur, cropped to the brain plus 10 voxels; cached under ``benchmarks/cache/``).
   ``--moving-contrast t2`` registers the T2-like image of the moving subject instead
-  (multimodal). Scored on the 30 FreeSurfer structures of ``regnet.metrics.SCORED_LABELS``
-  present in both label maps.
+  (multimodal); ``--fixed-contrast t1real --moving-contrast t1real`` registers T1 images with the
+  tissue contrast and texture measured on a real scan (``brain_pairs.T1_REAL``: low subcortical
+  contrast, as in real T1 scans), a harder check of defaults chosen on ``t1``. Scored on the
+  30 FreeSurfer structures of ``regnet.metrics.SCORED_LABELS`` present in both label maps.
 * ``subject_a -> mni152`` (unless ``--no-mni``): the real T1 ``brain3d/subject_a`` (with the
   anatomical affine of ``bench_intersubject3d.py``; its stored identity affine is not its
   orientation) onto the MNI152 template. The template has no label map: scored by the Dice of
@@ -123,17 +125,21 @@ class Pair:
     reg_files: dict = field(default_factory=dict)
 
 
-def synthseg_pairs(n: int, spacing: int, contrast: str = "t1", syncc_spacing: int | None = None) -> list[Pair]:
-    """Subject ``i`` (moving, ``contrast``) onto subject ``i % 10 + 1`` (fixed, T1), ``i = 1 .. n``."""
+def synthseg_pairs(n: int, spacing: int, contrast: str = "t1", syncc_spacing: int | None = None,
+                   fixed_contrast: str = "t1") -> list[Pair]:
+    """Subject ``i`` (moving, ``contrast``) onto subject ``i % 10 + 1`` (fixed, ``fixed_contrast``),
+    ``i = 1 .. n``."""
     pairs = []
+    wanted = tuple(dict.fromkeys((fixed_contrast, contrast)))
     for i in range(1, n + 1):
         j = i % len(brain_pairs.SUBJECTS) + 1
-        fixed, moving = brain_pairs.subject_files(j, spacing), brain_pairs.subject_files(i, spacing)
-        pair = Pair(f"sub{i:02d}->sub{j:02d}", "synthseg", fixed["t1"], moving[contrast], moving["seg"],
+        fixed, moving = brain_pairs.subject_files(j, spacing, wanted), brain_pairs.subject_files(i, spacing, wanted)
+        pair = Pair(f"sub{i:02d}->sub{j:02d}", "synthseg", fixed[fixed_contrast], moving[contrast], moving["seg"],
                     fixed_seg=fixed["seg"])
         if syncc_spacing and syncc_spacing != spacing:
-            f2, m2 = brain_pairs.subject_files(j, syncc_spacing), brain_pairs.subject_files(i, syncc_spacing)
-            pair.reg_files[syncc_spacing] = (f2["t1"], m2[contrast])
+            f2 = brain_pairs.subject_files(j, syncc_spacing, wanted)
+            m2 = brain_pairs.subject_files(i, syncc_spacing, wanted)
+            pair.reg_files[syncc_spacing] = (f2[fixed_contrast], m2[contrast])
         pairs.append(pair)
     return pairs
 
@@ -567,7 +573,9 @@ def main(argv=None) -> int:
     parser.add_argument("--syncc-pairs", type=int, default=2, help="synthseg pairs for ants_syncc (default 2)")
     parser.add_argument("--syncc-spacing", type=int, default=None, help="register ants_syncc at this spacing "
                         "(mm; scored on the --spacing grid); default: --spacing")
-    parser.add_argument("--moving-contrast", choices=brain_pairs.CONTRASTS, default="t1",
+    parser.add_argument("--fixed-contrast", choices=brain_pairs.ALL_CONTRASTS, default="t1",
+                        help="contrast of the fixed synthseg images (t1real: real T1 contrast and texture)")
+    parser.add_argument("--moving-contrast", choices=brain_pairs.ALL_CONTRASTS, default="t1",
                         help="contrast of the moving synthseg image (t2: multimodal); the fixed one is T1")
     parser.add_argument("--no-mni", action="store_true", help="leave out subject_a -> MNI152")
     parser.add_argument("--quick", action="store_true", help="tiny iterations for every method (smoke test)")
@@ -598,7 +606,7 @@ def main(argv=None) -> int:
                         syncc_spacing=args.syncc_spacing, warmup=not args.no_warmup,
                         keep=Path(args.keep) if args.keep else None)
     os.environ.setdefault("ANTS_RANDOM_SEED", str(ANTS_SEED))
-    pairs = synthseg_pairs(args.pairs, args.spacing, args.moving_contrast, args.syncc_spacing)
+    pairs = synthseg_pairs(args.pairs, args.spacing, args.moving_contrast, args.syncc_spacing, args.fixed_contrast)
     if not args.no_mni:
         pairs.append(mni_pair(args.spacing, args.syncc_spacing))
     syncc_names = [p.name for p in pairs if p.kind == "synthseg"][: args.syncc_pairs]
@@ -606,6 +614,7 @@ def main(argv=None) -> int:
           file=sys.stderr, flush=True)
     report = run_benchmark(pairs, settings, syncc_names)
     report["settings"]["moving_contrast"] = args.moving_contrast
+    report["settings"]["fixed_contrast"] = args.fixed_contrast
     text = tables(report)
     print("\n".join(text))
     report["table_markdown"] = "\n".join(text)

@@ -51,6 +51,9 @@ VERSION = 1
 CACHE = REPO / "benchmarks" / "cache" / f"brain_pairs_v{VERSION}"
 SUBJECTS = tuple(range(1, 11))
 CONTRASTS = ("t1", "t2")
+#: Every contrast ``intensity_image`` makes: ``t1real`` (real subcortical contrast and texture,
+#: :data:`T1_REAL`) is made on request only, for checks on harder, more realistic images.
+ALL_CONTRASTS = (*CONTRASTS, "t1real")
 MARGIN = 10
 BLUR = 0.6
 BIAS = 0.12
@@ -85,8 +88,29 @@ T2 = {
     31: 100, 63: 100, 136: 100, 137: 100, 163: 100, 164: 100,
     25: 110, 57: 110, 30: 60, 62: 60,
 }
-DEFAULT = {"t1": 60.0, "t2": 90.0}
-TABLES = {"t1": T1, "t2": T2}
+#: T1 contrast measured on a real scan: mean and standard deviation of ``brain3d/subject_a``'s
+#: T1 inside each of its aseg labels, scaled so that cerebral white matter is 110 (the
+#: ``t1real`` contrast). Unlike :data:`T1` the pallidum is as bright as white matter, the
+#: putamen and thalamus close to it, the cerebellum darker: the low subcortical contrast of
+#: real T1 scans. Labels not listed: :data:`T1`'s value, standard deviation 10.
+T1_REAL = {
+    2: (110.2, 10.8), 41: (109.8, 11.0), 7: (92.4, 7.3), 46: (92.1, 7.5), 85: (78.8, 20.5),
+    3: (70.3, 12.3), 42: (69.2, 12.2), 8: (64.4, 10.4), 47: (64.4, 10.2),
+    17: (73.4, 9.1), 53: (70.8, 9.9), 18: (71.8, 7.7), 54: (70.0, 8.3),
+    10: (93.7, 10.4), 49: (92.7, 10.4), 11: (81.3, 11.7), 50: (81.3, 12.2), 12: (92.0, 8.1), 51: (90.8, 7.7),
+    13: (110.4, 4.6), 52: (109.3, 4.5), 26: (79.0, 6.5), 58: (81.3, 7.2), 28: (101.9, 11.7), 60: (100.2, 12.3),
+    16: (89.0, 11.3),
+    4: (25.5, 15.8), 43: (25.7, 16.2), 5: (53.6, 13.6), 44: (42.3, 14.8), 14: (39.5, 14.5), 15: (27.0, 14.6),
+    24: (44.4, 14.7),
+    31: (55.1, 17.1), 63: (55.4, 17.0), 30: (72.3, 11.7), 62: (74.2, 9.3), 77: (83.6, 18.0),
+}
+#: ``t1real``: the share of a label's measured standard deviation (above the white noise) given
+#: to a spatially correlated texture (Gaussian-filtered noise, sigma :data:`TEXTURE_SIGMA`
+#: voxels); the rest of the measured spread is partial volume, bias and noise of that scan.
+TEXTURE_SHARE = 0.7
+TEXTURE_SIGMA = 1.0
+DEFAULT = {"t1": 60.0, "t2": 90.0, "t1real": 60.0}
+TABLES = {"t1": T1, "t2": T2, "t1real": {k: v[0] for k, v in T1_REAL.items()}}
 
 
 # --- files ----------------------------------------------------------------------------------
@@ -161,13 +185,20 @@ def intensity_image(labels: np.ndarray, contrast: str, subject: int) -> np.ndarr
     """The skull-stripped ``contrast`` image (float32) of a label map (steps 1-5 of the module doc)."""
     from scipy import ndimage
 
-    rng = np.random.default_rng([subject, CONTRASTS.index(contrast), VERSION])
+    rng = np.random.default_rng([subject, ALL_CONTRASTS.index(contrast), VERSION])
     table, default = TABLES[contrast], DEFAULT[contrast]
     values = np.unique(labels)
     lut_keys = values.astype(np.int64)
     lut = np.array([0.0 if (v <= 0 or v > BRAIN_MAX_LABEL) else table.get(int(v), default) for v in lut_keys])
     lut = lut * (1.0 + LABEL_JITTER * rng.standard_normal(lut.size))
-    image = lut[np.searchsorted(lut_keys, labels)].astype(np.float32)
+    index = np.searchsorted(lut_keys, labels)
+    image = lut[index].astype(np.float32)
+    if contrast == "t1real":  # correlated texture inside each label, its amplitude from T1_REAL
+        spread = np.array([T1_REAL.get(int(v), (0.0, 10.0))[1] for v in lut_keys])
+        spread = TEXTURE_SHARE * np.sqrt(np.maximum(spread**2 - NOISE**2, 0.0))
+        texture = ndimage.gaussian_filter(rng.standard_normal(labels.shape).astype(np.float32), TEXTURE_SIGMA)
+        texture /= texture.std()
+        image += texture * spread[index].astype(np.float32)
     image = ndimage.gaussian_filter(image, BLUR)
     image *= bias_field(labels.shape, rng)
     image += rng.normal(0.0, NOISE, size=labels.shape).astype(np.float32)
@@ -222,6 +253,9 @@ def subject_files(subject: int, spacing: int = 1, contrasts=CONTRASTS) -> dict[s
     spacing = _check_spacing(spacing)
     if subject not in SUBJECTS:
         raise ValueError(f"subject must be one of {SUBJECTS}, got {subject!r}")
+    unknown = [c for c in contrasts if c not in ALL_CONTRASTS]
+    if unknown:
+        raise ValueError(f"contrasts must be among {ALL_CONTRASTS}, got {unknown}")
     folder = _spacing_dir(spacing)
     paths = {"seg": folder / f"sub{subject:02d}_seg.nii.gz"} | {c: folder / f"sub{subject:02d}_{c}.nii.gz"
                                                                  for c in contrasts}
