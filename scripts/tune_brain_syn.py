@@ -54,7 +54,7 @@ def score(fixed_seg, moving_seg, warped_seg, ddf, brain) -> dict:
             "folding": jac["fraction_nonpositive"]}
 
 
-def run(configs, pairs, spacing: int, threads: int, verbose: bool) -> dict:
+def run(configs, pairs, spacing: int, threads: int, verbose: bool, contrast: str = "t1") -> dict:
     import torch
 
     from regnet.io import load_image
@@ -63,9 +63,9 @@ def run(configs, pairs, spacing: int, threads: int, verbose: bool) -> dict:
     torch.set_num_threads(threads)
     rows = {name: [] for name, _ in configs}
     for fixed_id, moving_id in pairs:
-        fixed_files = brain_pairs.subject_files(fixed_id, spacing, ("t1",))
-        moving_files = brain_pairs.subject_files(moving_id, spacing, ("t1",))
-        fixed, moving = load_image(fixed_files["t1"]), load_image(moving_files["t1"])
+        fixed_files = brain_pairs.subject_files(fixed_id, spacing, (contrast,))
+        moving_files = brain_pairs.subject_files(moving_id, spacing, (contrast,))
+        fixed, moving = load_image(fixed_files[contrast]), load_image(moving_files[contrast])
         fixed_seg = load_image(fixed_files["seg"], dtype=torch.int64)
         moving_seg = load_image(moving_files["seg"], dtype=None)
         brain = ((fixed_seg.data > 0) & (fixed_seg.data <= brain_pairs.BRAIN_MAX_LABEL))[:, :1]  # as bench_brain_pairs
@@ -101,18 +101,20 @@ def main(argv=None) -> int:
     parser.add_argument("--first", type=int, default=1, help="first pair (subject i -> i %% 10 + 1)")
     parser.add_argument("--spacing", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--contrast", default="t1", choices=brain_pairs.ALL_CONTRASTS,
+                        help="contrast of both images (t1real: tissue contrast and texture of a real T1)")
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--out", default=None, help="JSON path")
     args = parser.parse_args(argv)
     configs = [_config(c) for c in args.config] or [("default", None)]
     pairs = [((i % 10) + 1, i) for i in range(args.first, args.first + args.pairs)]
-    report = run(configs, pairs, args.spacing, args.threads, args.verbose)
+    report = run(configs, pairs, args.spacing, args.threads, args.verbose, args.contrast)
     print(f"\n{'config':24s} {'Dice':>7s} {'Dice30':>7s} {'SDlogJ':>7s} {'fold%':>8s} {'time s':>7s}  per pair")
     for name, s in report["summary"].items():
         print(f"{name:24s} {s['dice']:7.4f} {s['dice30']:7.4f} {s['sdlogj']:7.3f} {100 * s['folding']:8.4f} "
               f"{s['seconds']:7.1f}  {s['per_pair_dice']}")
     if args.out:
-        Path(args.out).write_text(json.dumps({"spacing": args.spacing, "threads": args.threads,
+        Path(args.out).write_text(json.dumps({"spacing": args.spacing, "threads": args.threads, "contrast": args.contrast,
                                               "configs": dict(configs), **report}, indent=1))
     return 0
 

@@ -350,7 +350,7 @@ def test_config_names_and_defaults(tmp_path):
     assert "divergence_weight=4.0" in defaults.settings("syn", 3)["regularization_function"]
     assert "divergence_weight" not in defaults.settings("syn", 2)["regularization_function"]
     three, two = defaults.settings("syn", 3), defaults.settings("syn", 2)
-    assert (three["time_steps"], three["lambda_"], three["iterations"]) == (5, 0.5, [40, 20, 0])
+    assert (three["time_steps"], three["lambda_"], three["iterations"]) == (5, 0.6, [40, 20, 0])
     assert (two["time_steps"], two["lambda_"], two["iterations"]) == (7, 0.1, [30, 20, 5])
     assert load_config(None).kwargs == {"affine": {}, "syn": {}}
     (tmp_path / "empty.yaml").write_text("")
