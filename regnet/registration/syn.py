@@ -65,8 +65,9 @@ def default_regularisation(ndim: int) -> float:
     ``docs/registration.md``: in 3D, 0.6 with the volume-change term keeps the fields smoother
     than ANTs' SyN (SDlogJ) on both the label-map contrast and a real T1's contrast and texture
     (where ANTs' fields are smoother and 0.5 was rougher than ANTs), while staying more
-    accurate than it on the brain pairs (0.7 fell below it on one real-T1 pair); in 2D, 0.1
-    keeps the accuracy of the five brain2d pairs (higher weights cost NCC there)."""
+    accurate than it on the brain pairs (0.7 fell below it on one real-T1 pair, 0.6 ties it
+    there); in 2D, 0.1 keeps the accuracy of the five brain2d pairs (higher weights cost NCC
+    there)."""
     return 0.1 if ndim == 2 else 0.6
 
 
