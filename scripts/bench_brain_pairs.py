@@ -576,7 +576,7 @@ def main(argv=None) -> int:
     parser.add_argument("--fixed-contrast", choices=brain_pairs.ALL_CONTRASTS, default="t1",
                         help="contrast of the fixed synthseg images (t1real: real T1 contrast and texture)")
     parser.add_argument("--moving-contrast", choices=brain_pairs.ALL_CONTRASTS, default="t1",
-                        help="contrast of the moving synthseg image (t2: multimodal); the fixed one is T1")
+                        help="contrast of the moving synthseg image (t2: multimodal with a T1 fixed image)")
     parser.add_argument("--no-mni", action="store_true", help="leave out subject_a -> MNI152")
     parser.add_argument("--quick", action="store_true", help="tiny iterations for every method (smoke test)")
     parser.add_argument("--no-warmup", action="store_true", help="no tiny warm-up run of each library first")

@@ -10,6 +10,9 @@ per subject and contrast), and caches the NIfTI files under ``benchmarks/cache/`
    85, white matter 40), each label's mean multiplied by a per-subject factor ``1 + N(0, 0.03)``
    (tissue contrast varies a little between scans); labels >= 500 (skull, skin, other
    extra-cerebral tissue) and 0 are background 0 (skull-stripped);
+   ``t1real``: the means of :data:`T1_REAL` (measured on a real T1) plus, inside each label,
+   a texture: unit Gaussian noise filtered with sigma :data:`TEXTURE_SIGMA` voxel, scaled by
+   :data:`TEXTURE_SHARE` of that label's measured spread above the noise;
 2. a slight blur: Gaussian, sigma :data:`BLUR` = 0.6 voxel (partial volume);
 3. a smooth multiplicative bias field ``1 + 0.12 f``, ``f`` a 4x4x4 grid of Gaussian noise
    interpolated with cubic splines over the volume and scaled to max |f| = 1 (±12%);
@@ -92,7 +95,8 @@ T2 = {
 #: T1 inside each of its aseg labels, scaled so that cerebral white matter is 110 (the
 #: ``t1real`` contrast). Unlike :data:`T1` the pallidum is as bright as white matter, the
 #: putamen and thalamus close to it, the cerebellum darker: the low subcortical contrast of
-#: real T1 scans. Labels not listed: :data:`T1`'s value, standard deviation 10.
+#: real T1 scans. Labels not listed (rare ones: 25, 57, 72, 136, 137, 163, 164): mean
+#: ``DEFAULT['t1real']`` (60), standard deviation 10.
 T1_REAL = {
     2: (110.2, 10.8), 41: (109.8, 11.0), 7: (92.4, 7.3), 46: (92.1, 7.5), 85: (78.8, 20.5),
     3: (70.3, 12.3), 42: (69.2, 12.2), 8: (64.4, 10.4), 47: (64.4, 10.2),

@@ -114,8 +114,9 @@ def main(argv=None) -> int:
         print(f"{name:24s} {s['dice']:7.4f} {s['dice30']:7.4f} {s['sdlogj']:7.3f} {100 * s['folding']:8.4f} "
               f"{s['seconds']:7.1f}  {s['per_pair_dice']}")
     if args.out:
-        Path(args.out).write_text(json.dumps({"spacing": args.spacing, "threads": args.threads, "contrast": args.contrast,
-                                              "configs": dict(configs), **report}, indent=1))
+        Path(args.out).write_text(json.dumps({"spacing": args.spacing, "threads": args.threads,
+                                              "contrast": args.contrast, "configs": dict(configs), **report},
+                                             indent=1))
     return 0
 
 
