@@ -76,3 +76,28 @@ def test_template_on_two_gloo_processes(tmp_path):
     assert [e["kind"] for e in log["rounds"]] == ["affine", "deformable", "final"]
     with open(tmp_path / "t" / "round_01" / "summary.csv", newline="") as handle:
         assert {r["rank"] for r in csv.DictReader(handle)} == {"0", "1"}
+
+
+def test_engine_close_ends_the_process_group():
+    """``LightningEngine.close`` (and leaving its ``with`` block) destroys the process group, so
+    that no process exits with a live gloo group (an abort in its C++ teardown, exit status -6,
+    after the work was done); without a group it does nothing."""
+    import socket
+
+    import torch.distributed as dist
+
+    from regnet.lightning.many import LightningEngine
+
+    engine = LightningEngine(accelerator="cpu", devices=1, verbose=False)
+    engine.close()  # no group: nothing to do
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        with LightningEngine(accelerator="cpu", devices=1, verbose=False) as engine:
+            assert dist.is_initialized()
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

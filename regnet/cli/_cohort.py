@@ -62,6 +62,12 @@ def cuda_missing(command: str, args: argparse.Namespace) -> bool:
     return args.accelerator is None and _cuda_missing(command, args.device)
 
 
+def close(engine) -> None:
+    """End a Lightning engine's process group (see :meth:`LightningEngine.close`); ``None``: nothing."""
+    if engine is not None:
+        engine.close()
+
+
 def engine(args: argparse.Namespace):
     """``None`` (this process) or a :class:`regnet.lightning.many.LightningEngine`."""
     if all(getattr(args, name) is None for name in DISTRIBUTED):

@@ -84,8 +84,11 @@ def run(args: argparse.Namespace, start: float) -> int:
         if args.pairs is None:
             summary = args.summary or Path(args.out_dir) / "summary.csv"
         engine = _cohort.engine(args)
-        rows = register_many(pairs, args.transform, summary=summary, config=args.config, device=args.device,
-                             batch_size=args.batch_size, verbose=not args.quiet, force=args.force, engine=engine)
+        try:
+            rows = register_many(pairs, args.transform, summary=summary, config=args.config, device=args.device,
+                                 batch_size=args.batch_size, verbose=not args.quiet, force=args.force, engine=engine)
+        finally:
+            _cohort.close(engine)
     except (ValueError, TypeError, OSError) as problem:
         return failure(COMMAND, problem)
     if engine is not None and not engine.is_main:

@@ -55,11 +55,14 @@ def run(args: argparse.Namespace, start: float) -> int:
 
     try:
         engine = _cohort.engine(args)
-        log = build_template(args.images, args.out, iterations=args.iterations, transform=args.transform,
-                             config=args.config, gradient_step=args.gradient_step, sharpen=args.sharpen,
-                             reference=args.reference, batch_size=args.batch_size, device=args.device,
-                             verbose=not args.quiet, final_registration=not args.no_final_registration,
-                             force=args.force, engine=engine)
+        try:
+            log = build_template(args.images, args.out, iterations=args.iterations, transform=args.transform,
+                                 config=args.config, gradient_step=args.gradient_step, sharpen=args.sharpen,
+                                 reference=args.reference, batch_size=args.batch_size, device=args.device,
+                                 verbose=not args.quiet, final_registration=not args.no_final_registration,
+                                 force=args.force, engine=engine)
+        finally:
+            _cohort.close(engine)
     except (ValueError, TypeError, OSError, RuntimeError) as problem:
         return failure(COMMAND, problem)
     if log is None:  # not the main process

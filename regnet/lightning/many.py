@@ -19,12 +19,14 @@ Lightning strategy: DDP over CPU processes (gloo), GPUs and nodes, processes sta
 
 The same trainer (and process group) serves every later ``run`` of the engine (the rounds of
 ``regnet template``); rank 0 writes files between runs, and the next run's broadcast waits
-for it.
+for it. :meth:`LightningEngine.close` (or leaving a ``with`` block) ends the process group: a
+process that exits with a live gloo group can abort in its C++ teardown ("terminate called
+without an active exception", exit status -6) after its work is done.
 
 Example::
 
-    >>> engine = LightningEngine(accelerator="cpu", devices=2, strategy="ddp")
-    >>> rows = register_many(pairs, "affine+syn", summary="summary.csv", engine=engine)  # rank 0: all rows
+    >>> with LightningEngine(accelerator="cpu", devices=2, strategy="ddp") as engine:
+    ...     rows = register_many(pairs, "affine+syn", summary="summary.csv", engine=engine)  # rank 0: all rows
 """
 
 from __future__ import annotations
@@ -149,6 +151,20 @@ class LightningEngine:
     @property
     def is_main(self) -> bool:
         return self.trainer.is_global_zero
+
+    def close(self) -> None:
+        """End the process group this engine's trainer set up (every rank, after its last
+        :meth:`run`); nothing when there is none. The engine cannot run again afterwards."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+    def __enter__(self) -> LightningEngine:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     def run(self, plan: Callable[[int], tuple[dict, list]], work: Callable[..., list[dict]]) -> list[dict] | None:
         data = ChunkData(plan)
