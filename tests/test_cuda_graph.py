@@ -222,7 +222,7 @@ class HostReadSpy(torch.overrides.TorchFunctionMode):
 @pytest.mark.parametrize("case", ["syn-lncc", "syn-mi", "syn-deterministic", "affine-mse"])
 def test_captured_iteration_reads_nothing_back_from_the_device(monkeypatch, case):
     """The iteration that would be captured (after the eager warm-up), on the Triton backend (what
-    runs on CUDA; here through the interpreter), makes no host read and builds no tensor from
+    runs on CUDA; in CI through the interpreter, on a GPU compiled), makes no host read and builds no tensor from
     Python data: on a GPU either would break the capture."""
     pytest.importorskip("triton")
     import regnet
@@ -242,7 +242,10 @@ def test_captured_iteration_reads_nothing_back_from_the_device(monkeypatch, case
     monkeypatch.setattr(_graph, "_on_side_stream", lambda fn: fn())
     for module in (affine_module, syn_module):
         monkeypatch.setattr(module, "graph_wanted", lambda setting, *args: setting is not False)
-    moving, static = (t.float()[..., :16, :16] for t in _pair_2d())
+    from triton_helpers import triton_device
+
+    device = triton_device()  # the interpreter's CPU, or CUDA when the kernels are compiled
+    moving, static = (t.float()[..., :16, :16].to(device) for t in _pair_2d())
     monkeypatch.setattr(_state, "AUTO_TRITON_DEVICES", ("cuda", "cpu"))  # auto picks what it picks on CUDA
     regnet.set_backend("auto")
     _backend.set_deterministic(case == "syn-deterministic")  # sort + gather image gradients

@@ -296,7 +296,9 @@ def test_window_and_parameters_are_cached_device_constants():
     kernels' parameter buffer are the same tensors on every call."""
     pred, target = _pair((1, 1, 4, 5), torch.float32)
     pred.requires_grad_()
-    windows = [ops.local_ncc(pred, target, 5, "gaussian", backend="triton").grad_fn.saved_tensors[2] for _ in range(2)]
+    # the outputs stay alive: a custom Function's saved tensors are released with its output
+    outputs = [ops.local_ncc(pred, target, 5, "gaussian", backend="triton") for _ in range(2)]
+    windows = [out.grad_fn.saved_tensors[2] for out in outputs]
     assert windows[0].data_ptr() == windows[1].data_ptr() and windows[0].device == pred.device
     problems = [local_ncc._Problem(pred, target, windows[0], 7.5, 0.0, 1e-5, 0.0) for _ in range(2)]
     assert problems[0].params.data_ptr() == problems[1].params.data_ptr()

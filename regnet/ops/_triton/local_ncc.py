@@ -19,8 +19,9 @@ Forward (``ndim`` launches, all batch items and channels in each):
 The border correction needs ``N`` (the window weight inside the image) per voxel; it is
 separable, ``N = prod_a n_a(i_a)``, and each factor is summed in the kernel from the window
 taps (no count volume is formed). ``e = 1 - N / V`` with the op's ``V`` (MONAI's float32 window
-volume), as the reference: for the rectangular window ``N = V`` exactly away from the border,
-so ``e = 0`` there; for Gaussian / triangular windows ``N`` and ``V`` differ by rounding in
+volume), as the reference, computed as ``(V - N) / V`` (exactly 0 where ``N = V``, also under
+compiled Triton's approximate float32 division): for the rectangular window ``N = V`` exactly
+away from the border, so ``e = 0`` there; for Gaussian / triangular windows ``N`` and ``V`` differ by rounding in
 the interior in the reference too, and with it MONAI's own float64 values.
 
 Backward (saves nothing but the inputs, as the reference): the forward passes run again, the
@@ -182,7 +183,10 @@ def _statistics_kernel(
         floor = tl.load(par_ptr + 2).to(CDT)
         eps = tl.load(par_ptr + 3).to(CDT)
         count = _count(offs, S0, S1, S2, k_ptr, TAPS, R, NDIM, CDT, BLOCK)
-        e = 1.0 - count / volume
+        # (V - N) / V, not 1 - N / V: compiled Triton divides float32 approximately (2 ulp), and
+        # 1 - 25 / 25 could be 6e-8 instead of 0; times count * cp * ct (images offset by 1000:
+        # 2.5e7) that is a whole unit in the interior. V - N is exact, and 0 / V is 0.
+        e = (volume - count) / volume
         inv = 1.0 / volume
         cross = s_pt - s_p * s_t * inv + e * (cp * s_t + ct * s_p + count * (cp * ct))
         var_p = s_pp - s_p * s_p * inv + e * (cp * s_p + cp * s_p + count * (cp * cp))
