@@ -491,7 +491,8 @@ def run_benchmark(pairs: list[Pair], settings: Settings, syncc_names: list[str] 
 
 
 def warm_up(pair: Pair, settings: Settings, work: Path) -> None:
-    """One tiny run of each library first, so that cold file caches are not charged to pair 1."""
+    """One tiny run of each library first, so that cold file caches (and, with ``--device cuda``
+    among regnet's arguments, Triton's kernel cache) are not charged to pair 1."""
     work.mkdir(parents=True, exist_ok=True)
     import yaml
 
@@ -500,7 +501,7 @@ def warm_up(pair: Pair, settings: Settings, work: Path) -> None:
     for method in settings.methods:
         try:
             if method == "regnet":
-                run_regnet(pair, work, settings.threads, config, [])
+                run_regnet(pair, work, settings.threads, config, settings.regnet_args)
             elif method == "ants_syn":
                 run_ants(pair, work, settings.threads, method, True, None)
         except Exception as error:  # noqa: BLE001 - the real runs will report it
@@ -575,8 +576,9 @@ def main(argv=None) -> int:
                         "(mm; scored on the --spacing grid); default: --spacing")
     parser.add_argument("--fixed-contrast", choices=brain_pairs.ALL_CONTRASTS, default="t1",
                         help="contrast of the fixed synthseg images (t1real: real T1 contrast and texture)")
-    parser.add_argument("--moving-contrast", choices=brain_pairs.ALL_CONTRASTS, default="t1",
-                        help="contrast of the moving synthseg image (t2: multimodal with a T1 fixed image)")
+    parser.add_argument("--moving-contrast", choices=brain_pairs.ALL_CONTRASTS,
+                        help="contrast of the moving synthseg image (default: the fixed images' contrast; t2: "
+                             "multimodal with a T1 fixed image)")
     parser.add_argument("--no-mni", action="store_true", help="leave out subject_a -> MNI152")
     parser.add_argument("--quick", action="store_true", help="tiny iterations for every method (smoke test)")
     parser.add_argument("--no-warmup", action="store_true", help="no tiny warm-up run of each library first")
@@ -606,6 +608,7 @@ def main(argv=None) -> int:
                         syncc_spacing=args.syncc_spacing, warmup=not args.no_warmup,
                         keep=Path(args.keep) if args.keep else None)
     os.environ.setdefault("ANTS_RANDOM_SEED", str(ANTS_SEED))
+    args.moving_contrast = args.moving_contrast or args.fixed_contrast
     pairs = synthseg_pairs(args.pairs, args.spacing, args.moving_contrast, args.syncc_spacing, args.fixed_contrast)
     if not args.no_mni:
         pairs.append(mni_pair(args.spacing, args.syncc_spacing))
