@@ -132,6 +132,27 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert any(r.get("val/dice") for r in rows)
 
 
+def test_train_ends_the_process_group():
+    """Lightning destroys only NCCL groups at exit; ``regnet train`` ends a gloo group itself
+    (a process exiting with one can abort in its teardown, exit status -6), also when the
+    command ends early (``--help``)."""
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        with pytest.raises(SystemExit):
+            train_main(["--help"])
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 # --- checkpoints ----------------------------------------------------------------------------------
 
 def test_checkpoint_save_and_resume(tmp_path):

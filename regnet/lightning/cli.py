@@ -23,6 +23,7 @@ import warnings
 from pytorch_lightning.cli import LightningCLI
 
 from regnet._checks import ConfigError
+from regnet.lightning._distributed import end_process_group
 from regnet.lightning.data import PairDataModule
 from regnet.lightning.module import RegistrationModule
 
@@ -53,7 +54,9 @@ def _with_subcommand(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``regnet train`` with ``argv`` (default ``sys.argv[1:]``); return the exit status.
-    ``--help`` and usage errors raise :class:`SystemExit` as jsonargparse does."""
+    ``--help`` and usage errors raise :class:`SystemExit` as jsonargparse does. The
+    ``torch.distributed`` process group, if any, is destroyed on the way out (the command's
+    processes end here)."""
     argv = _with_subcommand(list(sys.argv[1:] if argv is None else argv))
     try:
         with warnings.catch_warnings():
@@ -71,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
+    finally:
+        end_process_group()  # DDP on CPUs: Lightning leaves the gloo group to the exit, which can abort
     return 0
 
 if __name__ == "__main__":

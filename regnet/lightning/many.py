@@ -38,6 +38,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from regnet.lightning._distributed import end_process_group
+
 __all__ = ["ChunkData", "LightningEngine", "RegisterChunks"]
 
 
@@ -155,10 +157,7 @@ class LightningEngine:
     def close(self) -> None:
         """End the process group this engine's trainer set up (every rank, after its last
         :meth:`run`); nothing when there is none. The engine cannot run again afterwards."""
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+        end_process_group()
 
     def __enter__(self) -> LightningEngine:
         return self
