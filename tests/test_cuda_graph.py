@@ -15,11 +15,11 @@ import torch
 
 import regnet.registration.affine as affine_module
 import regnet.registration.syn as syn_module
+from regnet.geometry import resize_field
 from regnet.losses import DiffusionLoss, LocalNCCLoss, MSELoss
 from regnet.ops import _backend, _state
 from regnet.ops._constants import constant
 from regnet.registration import _graph
-from regnet.geometry import resize_field
 from regnet.registration.affine import AffineRegistration
 from regnet.registration.syn import SyNRegistration
 
