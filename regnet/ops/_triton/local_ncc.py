@@ -21,8 +21,9 @@ separable, ``N = prod_a n_a(i_a)``, and each factor is summed in the kernel from
 taps (no count volume is formed). ``e = 1 - N / V`` with the op's ``V`` (MONAI's float32 window
 volume), as the reference, computed as ``(V - N) / V`` (exactly 0 where ``N = V``, also under
 compiled Triton's approximate float32 division): for the rectangular window ``N = V`` exactly
-away from the border, so ``e = 0`` there; for Gaussian / triangular windows ``N`` and ``V`` differ by rounding in
-the interior in the reference too, and with it MONAI's own float64 values.
+away from the border, so ``e = 0`` there; for Gaussian / triangular windows ``N`` and ``V``
+differ by rounding in the interior in the reference too, and with it MONAI's own float64
+values.
 
 Backward (saves nothing but the inputs, as the reference): the forward passes run again, the
 last one now forming the per-voxel coefficient maps (``g_cross``, and ``c_p``, ``g_vp`` /
